@@ -1,0 +1,27 @@
+"""keras_fastres: the paper "Simplified residual structure and fast deep residual networks" in Keras 3.
+
+Models take raw images `(batch, 32, 32, 3)` with pixel values in [0, 255] (normalisation is a
+layer inside the model) and return class probabilities `(batch, num_classes)`.
+"""
+
+from keras_fastres.blocks import PreactBlock, ResidualBlock, Type1Block, Type2Block, V1Block
+from keras_fastres.models import (
+    FastResNet,
+    FastResNet20,
+    FastResNet32,
+    FastResNet44,
+    FastResNet56,
+    FastResNet110,
+    FastResNet668,
+    FastResNet1202,
+)
+
+VARIANTS = ("v1", "preact", "type1", "type2")
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FastResNet", "FastResNet20", "FastResNet32", "FastResNet44", "FastResNet56",
+    "FastResNet110", "FastResNet668", "FastResNet1202",
+    "ResidualBlock", "V1Block", "PreactBlock", "Type1Block", "Type2Block", "VARIANTS",
+]

@@ -1,0 +1,181 @@
+"""FastResNet(depth, variant): the paper's CIFAR network as a functional Keras model.
+
+    raw pixels in [0, 255] -> Normalization (per-channel training-set mean and std)
+    -> stem Conv3x3(16)              (v1: followed by BN-ReLU)
+    -> stage 1: n blocks, 16 filters
+    -> stage 2: n blocks, 32 filters, the first with stride 2
+    -> stage 3: n blocks, 64 filters, the first with stride 2
+    -> BN-ReLU                       (not v1: its blocks already end in ReLU)
+    -> global average pooling -> Dense(num_classes)
+
+Depth counts the convolutions on the longest path: 6n + 2.
+"""
+
+import keras
+from keras import layers
+
+from keras_fastres.blocks import BLOCKS, BN_EPSILON, BN_MOMENTUM, SHORTCUTS, kernel_regularizer
+
+STAGE_FILTERS = (16, 32, 64)
+
+# Per-channel mean and standard deviation of the 50,000 training images, on the 0-255 scale.
+CIFAR_STATS = {
+    "cifar10": ((125.307, 122.950, 113.865), (62.993, 62.089, 66.705)),
+    "cifar100": ((129.304, 124.070, 112.434), (68.170, 65.392, 70.418)),
+}
+
+# The two stride-2 stages halve the input twice.
+MIN_SPATIAL_SIZE = 4
+
+
+def blocks_per_stage(depth):
+    """n for a depth of 6n + 2, or a ValueError that lists valid depths."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(
+            f"depth must be an integer of the form 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, "
+            f"110, 668, 1202, ...), got {depth!r}.")
+    return (depth - 2) // 6
+
+
+def _normalization_stats(normalization, num_classes):
+    if normalization == "auto":
+        normalization = "cifar100" if num_classes == 100 else "cifar10"
+    if normalization is None:
+        return None
+    if isinstance(normalization, str):
+        if normalization not in CIFAR_STATS:
+            raise ValueError(
+                f"normalization must be 'auto', one of {sorted(CIFAR_STATS)}, a (mean, std) pair "
+                f"of per-channel sequences, or None; got {normalization!r}.")
+        return CIFAR_STATS[normalization]
+    try:
+        mean, std = normalization
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+    except (TypeError, ValueError):
+        raise ValueError(
+            "normalization given as statistics must be a (mean, std) pair of per-channel "
+            f"sequences, e.g. ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)); got {normalization!r}."
+        ) from None
+    if len(mean) != len(std) or min(std) <= 0:
+        raise ValueError(f"normalization needs one positive std per mean; got {normalization!r}.")
+    return mean, std
+
+
+def _check_input_shape(input_shape, channels):
+    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 3):
+        raise ValueError(
+            f"input_shape must be (height, width, channels), e.g. (32, 32, 3); got {input_shape!r}.")
+    height, width, image_channels = input_shape
+    for size in (height, width):
+        if size is not None and (not isinstance(size, int) or size < MIN_SPATIAL_SIZE):
+            raise ValueError(
+                f"input_shape height and width must be None or integers >= {MIN_SPATIAL_SIZE} "
+                f"(two stride-2 stages halve them); got {input_shape!r}.")
+    if not isinstance(image_channels, int) or image_channels < 1:
+        raise ValueError(f"input_shape channels must be a positive integer; got {input_shape!r}.")
+    if channels is not None and image_channels != channels:
+        raise ValueError(
+            f"input_shape has {image_channels} channels but the normalization statistics have "
+            f"{channels}; pass normalization=(mean, std) with {image_channels} values each, "
+            f"or normalization=None.")
+
+
+def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 3),
+               shortcut="A", drop_path_rate=0.0, include_top=True, weight_decay=1e-4,
+               normalization="auto", classifier_activation="softmax", name=None):
+    """A CIFAR residual network of the paper "Simplified residual structure and fast deep
+    residual networks".
+
+    Args:
+        depth: 6n + 2 convolution layers, n blocks per stage (20, 32, 44, 56, 110, 668, 1202...).
+        variant: the residual block. "type1" (default) is the paper's FastResNet block, the
+            pre-activation block without its first BN-ReLU; "preact" is the pre-activation block
+            (the paper's "basic" baseline); "type2" drops the second BN-ReLU instead (the paper's
+            ablation); "v1" is the original post-activation ResNet block.
+        num_classes: number of output classes (10 for CIFAR-10, 100 for CIFAR-100).
+        input_shape: (height, width, channels) of one image; height and width may be None.
+        shortcut: "A" (subsample and zero-pad channels, no parameters; the default, as in He et
+            al.'s CIFAR networks) or "B" (1x1 projection) at the two stride-2 blocks.
+        drop_path_rate: stochastic depth; the last block drops its residual branch with this
+            probability during training, block l of L with probability l / L * rate (Huang et
+            al. 2016). 0 (default) turns it off. Inference is always deterministic.
+        include_top: True for class probabilities `(batch, num_classes)`; False for the final
+            feature map `(batch, ceil(H / 4), ceil(W / 4), 64)`.
+        weight_decay: L2 penalty on convolution and dense kernels, as the gradient term
+            `weight_decay * w` (the paper's 1e-4). 0 turns it off.
+        normalization: per-channel input standardisation inside the model, so that the model
+            takes raw pixels in [0, 255]. "auto" (default): CIFAR-100 training-set statistics
+            when num_classes is 100, CIFAR-10 otherwise; "cifar10" or "cifar100"; a (mean, std)
+            pair of per-channel sequences on the 0-255 scale; None for no normalisation layer.
+        classifier_activation: activation of the last Dense layer ("softmax" by default; None
+            for logits). The classifier computes in float32 under mixed precision.
+        name: model name; default "resnet{depth}_{variant}".
+
+    Returns:
+        A functional `keras.Model` taking float images `(batch, H, W, channels)`.
+    """
+    n = blocks_per_stage(depth)
+    if variant not in BLOCKS:
+        raise ValueError(f"variant must be one of {sorted(BLOCKS)}, got {variant!r}.")
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}.")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+    stats = _normalization_stats(normalization, num_classes)
+    _check_input_shape(input_shape, None if stats is None else len(stats[0]))
+
+    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    x = inputs
+    if stats is not None:
+        mean, std = stats
+        x = layers.Normalization(mean=mean, variance=[s * s for s in std], name="normalization")(x)
+    x = layers.Conv2D(STAGE_FILTERS[0], 3, padding="same", use_bias=False,
+                      kernel_initializer="he_normal",
+                      kernel_regularizer=kernel_regularizer(weight_decay), name="stem_conv")(x)
+    if variant == "v1":
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="stem_bn")(x)
+        x = layers.ReLU(name="stem_relu")(x)
+
+    block = BLOCKS[variant]
+    total_blocks = 3 * n
+    for stage, filters in enumerate(STAGE_FILTERS):
+        for index in range(n):
+            block_number = stage * n + index + 1
+            x = block(filters, strides=2 if stage > 0 and index == 0 else 1, shortcut=shortcut,
+                      drop_path_rate=drop_path_rate * block_number / total_blocks,
+                      weight_decay=weight_decay,
+                      name=f"stage{stage + 1}_block{index + 1}")(x)
+
+    if variant != "v1":
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="final_bn")(x)
+        x = layers.ReLU(name="final_relu")(x)
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dense(num_classes, activation=classifier_activation,
+                         kernel_regularizer=kernel_regularizer(weight_decay),
+                         dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, x, name=name or f"resnet{depth}_{variant}")
+
+
+def _alias(depth):
+    def factory(variant="type1", **kwargs):
+        return FastResNet(depth, variant, **kwargs)
+
+    factory.__name__ = factory.__qualname__ = f"FastResNet{depth}"
+    factory.__doc__ = (
+        f"FastResNet-{depth} ({(depth - 2) // 6} blocks per stage), type1 blocks by default.\n\n"
+        f"Same as `FastResNet(depth={depth}, variant=..., **kwargs)`; see `FastResNet` for the "
+        f"arguments. Input `(batch, 32, 32, 3)` raw pixels in [0, 255]; output "
+        f"`(batch, num_classes)` probabilities.")
+    return factory
+
+
+FastResNet20 = _alias(20)
+FastResNet32 = _alias(32)
+FastResNet44 = _alias(44)
+FastResNet56 = _alias(56)
+FastResNet110 = _alias(110)
+FastResNet668 = _alias(668)
+FastResNet1202 = _alias(1202)
