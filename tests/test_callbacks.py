@@ -1,0 +1,64 @@
+"""The paper's schedule, the epoch timer and the history file."""
+
+import numpy as np
+import pytest
+import keras
+
+from keras_fastres import FastResNet
+from keras_fastres.callbacks import EpochTimer, HistoryCSV, paper_learning_rate, paper_schedule, read_history
+
+
+@pytest.mark.parametrize("epoch, rate", [(0, 0.1), (79, 0.1), (80, 0.01), (119, 0.01),
+                                         (120, 0.001), (159, 0.001)])
+def test_paper_schedule_at_160_epochs(epoch, rate):
+    assert paper_learning_rate(epoch) == pytest.approx(rate)
+    assert paper_schedule().schedule(epoch) == pytest.approx(rate)
+
+
+@pytest.mark.parametrize("epoch, rate", [(0, 0.05), (19, 0.05), (20, 0.005), (29, 0.005),
+                                         (30, 0.0005), (39, 0.0005)])
+def test_schedule_milestones_scale_with_epochs_and_base_rate(epoch, rate):
+    assert paper_schedule(epochs=40, base_learning_rate=0.05).schedule(epoch) == pytest.approx(rate)
+
+
+def tiny_fit(epochs, callbacks, images=64):
+    model = FastResNet(8, weight_decay=0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    x = np.random.default_rng(0).uniform(0, 255, (images, 32, 32, 3)).astype("float32")
+    y = np.arange(images) % 10
+    return model.fit(x, y, batch_size=16, epochs=epochs, validation_data=(x[:16], y[:16]),
+                     callbacks=callbacks, verbose=0)
+
+
+def test_epoch_timer_on_a_tiny_fit():
+    timer = EpochTimer(images_per_epoch=64)
+    history = tiny_fit(3, [timer])
+    assert len(timer.epoch_seconds) == 3 and all(s > 0 for s in timer.epoch_seconds)
+    # The mean leaves out the first epoch (graph building), as the paper's seconds per epoch.
+    assert timer.mean_epoch_seconds == pytest.approx(np.mean(timer.epoch_seconds[1:]))
+    assert timer.images_per_second == pytest.approx(64 / timer.mean_epoch_seconds)
+    np.testing.assert_allclose(history.history["epoch_seconds"], timer.epoch_seconds)
+    np.testing.assert_allclose(history.history["images_per_second"],
+                               [64 / s for s in timer.epoch_seconds])
+
+
+def test_history_has_one_row_per_epoch_with_the_papers_columns(tmp_path):
+    path = tmp_path / "history.csv"
+    tiny_fit(4, [paper_schedule(epochs=4), EpochTimer(64), HistoryCSV(path)])
+    rows = read_history(path)
+    assert list(rows[0]) == list(HistoryCSV.COLUMNS)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    np.testing.assert_allclose([float(r["learning_rate"]) for r in rows], [0.1, 0.1, 0.01, 0.001])
+    for row in rows:
+        assert 0 <= float(row["test_error"]) <= 1 and float(row["epoch_seconds"]) > 0
+
+
+def test_history_replaces_rows_of_epochs_run_again(tmp_path):
+    path = tmp_path / "history.csv"
+    writer = HistoryCSV(path)
+    for epoch in (0, 1, 2, 1, 2, 3):  # a run killed after epoch 3 whose backup held epoch 1
+        writer.on_epoch_end(epoch, {"loss": float(epoch), "accuracy": 0.5, "val_accuracy": 0.75})
+    rows = read_history(path)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[0]["test_error"]) == 0.25

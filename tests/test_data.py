@@ -1,0 +1,159 @@
+"""Every CIFAR source on small data the test makes; the pipelines' augmentation and seeds."""
+
+import time
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import write_cifar_archive
+from keras_fastres import data
+
+
+def small_split(n, num_classes, seed):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return images, np.arange(n) % num_classes
+
+
+@pytest.mark.parametrize("name, num_classes", [("cifar10", 10), ("cifar100", 100)])
+@pytest.mark.parametrize("packed", [True, False])
+def test_archive_source_reads_the_official_layout(tmp_path, name, num_classes, packed):
+    train, test = small_split(120, num_classes, 0), small_split(30, num_classes, 1)
+    path = write_cifar_archive(tmp_path, name, train, test, packed=packed)
+    # The file itself, the folder holding it, and the extracted folder all work.
+    for data_dir in {path, path.parent}:
+        cifar = data.load_cifar(name, "archive", data_dir)
+        np.testing.assert_array_equal(cifar.train.images, train[0])
+        np.testing.assert_array_equal(cifar.train.labels, train[1])
+        np.testing.assert_array_equal(cifar.test.images, test[0])
+        assert cifar.train.images.dtype == np.uint8 and cifar.train.labels.dtype == np.int64
+        assert cifar.num_classes == num_classes and len(cifar.class_names) == num_classes
+
+
+def test_archive_pixels_are_decoded_channel_planes_row_major(tmp_path):
+    image = np.zeros((1, 32, 32, 3), np.uint8)
+    image[0, 0, 1, 0] = 200  # red, row 0, column 1
+    image[0, 2, 0, 2] = 100  # blue, row 2, column 0
+    path = write_cifar_archive(tmp_path, "cifar10", (image, np.array([3])), (image, np.array([4])))
+    raw = np.zeros(3072, np.uint8)
+    raw[1] = 200
+    raw[2048 + 2 * 32] = 100
+    # The writer follows the official description: 1024 red values, then green, then blue.
+    assert np.array_equal(image[0].transpose(2, 0, 1).reshape(-1), raw)
+    assert np.array_equal(data.load_cifar("cifar10", "archive", path).train.images, image)
+
+
+def test_missing_archive_names_the_paths_tried(tmp_path):
+    with pytest.raises(data.DataUnavailableError) as error:
+        data.load_cifar("cifar100", "archive", tmp_path)
+    message = str(error.value)
+    assert str(tmp_path / "cifar-100-python.tar.gz") in message
+    assert "https://www.cs.toronto.edu/~kriz/cifar.html" in message
+
+
+def test_corrupt_archive_says_so(tmp_path):
+    path = write_cifar_archive(tmp_path, "cifar10", small_split(20, 10, 0), small_split(10, 10, 1))
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+    with pytest.raises(data.DataUnavailableError, match="incomplete or corrupt"):
+        data.load_cifar("cifar10", "archive", path)
+
+
+def test_archive_pickles_cannot_run_code(tmp_path):
+    folder = write_cifar_archive(tmp_path, "cifar10", small_split(10, 10, 0),
+                                 small_split(10, 10, 1), packed=False)
+    import pickle
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": mock.ANY}))
+    with pytest.raises(data.DataUnavailableError, match="unexpected object"):
+        data.load_cifar("cifar10", "archive", folder)
+
+
+@pytest.mark.parametrize("name, num_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_tfds_source_through_mock_data(name, num_classes, tmp_path):
+    with tfds.testing.mock_data(num_examples=40), \
+            mock.patch.object(data, "_host_reachable", return_value=True):
+        cifar = data.load_cifar(name, "tfds", tmp_path)
+    assert cifar.train.images.shape == (40, 32, 32, 3) and cifar.train.images.dtype == np.uint8
+    assert cifar.test.labels.shape == (40,) and cifar.test.labels.dtype == np.int64
+    assert 0 <= cifar.train.labels.min() and cifar.train.labels.max() < num_classes
+
+
+def test_tfds_without_network_fails_fast(tmp_path):
+    start = time.perf_counter()
+    with mock.patch.dict("os.environ", {"https_proxy": "", "HTTPS_PROXY": ""}), \
+            mock.patch.object(data.socket, "create_connection", side_effect=OSError("no route")):
+        with pytest.raises(data.DataUnavailableError) as error:
+            data.load_cifar("cifar10", "tfds", tmp_path)
+    assert time.perf_counter() - start < 10
+    assert str(tmp_path) in str(error.value) and "--source archive" in str(error.value)
+    with pytest.raises(data.DataUnavailableError, match="downloading is off"):
+        data.load_cifar("cifar10", "tfds", tmp_path, download=False)
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match=r"\('cifar10', 'cifar100'\), got 'cifar1000'"):
+        data.load_cifar("cifar1000")
+    with pytest.raises(ValueError, match=r"\('tfds', 'archive', 'synthetic'\), got 'web'"):
+        data.load_cifar("cifar10", "web")
+
+
+def test_synthetic_source_is_small_and_seeded():
+    a, b = data.synthetic_cifar("cifar100", seed=5), data.synthetic_cifar("cifar100", seed=5)
+    assert a.train.images.shape == (1024, 32, 32, 3) and a.test.images.shape == (256, 32, 32, 3)
+    np.testing.assert_array_equal(a.train.images, b.train.images)
+    assert a.train.labels.max() < 100
+
+
+def batches(dataset):
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def test_training_pipeline_augments_and_test_pipeline_does_not():
+    split = data.Split(*small_split(64, 10, 0))
+    test_images, test_labels = batches(data.make_dataset(split, 16, False, 10))
+    assert test_images.dtype == np.float32 and test_images.shape == (64, 32, 32, 3)
+    np.testing.assert_array_equal(test_images, split.images)  # no augmentation, in order
+    np.testing.assert_array_equal(test_labels, split.labels)
+
+    train_images, train_labels = batches(data.make_dataset(split, 16, True, 10, seed=1))
+    assert train_images.shape == (64, 32, 32, 3) and train_images.dtype == np.float32
+    assert 0 <= train_images.min() and train_images.max() <= 255
+    assert not np.array_equal(train_labels, split.labels)  # shuffled
+    # Each training image is a 32x32 window of its padded original, possibly mirrored.
+    padded = np.pad(split.images, [(0, 0), (4, 4), (4, 4), (0, 0)]).astype(np.float32)
+    changed = 0
+    for image in train_images:
+        candidates = [np.array_equal(window, image)
+                      for original in padded
+                      for flipped in (original, original[:, ::-1])
+                      for window in (flipped[i:i + 32, j:j + 32]
+                                     for i in range(9) for j in range(9))]
+        assert any(candidates)
+        changed += not any(np.array_equal(image, original) for original in split.images)
+    assert changed > 48  # 1 in 162 crop/flip choices leaves an image as it was
+
+
+def test_seed_fixes_order_and_augmentation_but_epochs_differ():
+    split = data.Split(*small_split(48, 10, 0))
+    first = data.make_dataset(split, 16, True, 10, seed=7)
+    epoch1, epoch2 = batches(first)[0], batches(first)[0]
+    again = batches(data.make_dataset(split, 16, True, 10, seed=7))[0]
+    np.testing.assert_array_equal(epoch1, again)
+    assert not np.array_equal(epoch1, epoch2)
+
+
+def test_mixing_augmentations_give_one_hot_labels():
+    split = data.Split(*small_split(32, 10, 0))
+    images, labels = next(iter(data.make_dataset(split, 16, True, 10, seed=0,
+                                                 extra_augmentation=("mixup", "randaugment"))))
+    assert images.shape == (16, 32, 32, 3) and labels.shape == (16, 10)
+    np.testing.assert_allclose(np.sum(labels, axis=1), 1.0, atol=1e-5)
+    assert np.any((labels > 0) & (labels < 1))  # mixed
+    _, test_labels = next(iter(data.make_dataset(split, 16, False, 10,
+                                                 extra_augmentation=("mixup",))))
+    assert test_labels.shape == (16, 10)
+    with pytest.raises(ValueError, match="extra augmentation must be taken from"):
+        data.make_dataset(split, 16, True, 10, extra_augmentation=("autoaugment",))
