@@ -5,6 +5,7 @@ layer inside the model) and return class probabilities `(batch, num_classes)`.
 """
 
 from keras_fastres.blocks import PreactBlock, ResidualBlock, Type1Block, Type2Block, V1Block
+from keras_fastres.export import export_saved_model
 from keras_fastres.models import (
     FastResNet,
     FastResNet20,
@@ -23,5 +24,6 @@ __version__ = "0.1.0"
 __all__ = [
     "FastResNet", "FastResNet20", "FastResNet32", "FastResNet44", "FastResNet56",
     "FastResNet110", "FastResNet668", "FastResNet1202",
+    "export_saved_model",
     "ResidualBlock", "V1Block", "PreactBlock", "Type1Block", "Type2Block", "VARIANTS",
 ]

@@ -1,0 +1,52 @@
+"""Error curves per epoch, like the paper's figures 6-8."""
+
+import json
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from keras_fastres.callbacks import read_history  # noqa: E402
+
+
+def plot_runs(runs, path, train_error=False, title=None):
+    """Test error (%) per epoch of each (label, history rows) in `runs`, into a PNG at `path`.
+    With `train_error`, the training error too, dashed."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for label, rows in runs:
+        epochs = [int(row["epoch"]) for row in rows]
+        line, = axes.plot(epochs, [100 * float(row["test_error"]) for row in rows],
+                          label=f"{label} test")
+        if train_error:
+            axes.plot(epochs, [100 * (1 - float(row["accuracy"])) for row in rows], "--",
+                      color=line.get_color(), label=f"{label} train")
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("error (%)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def compare_runs(run_dirs, path):
+    """One figure with the test error of several finished runs (e.g. preact vs type1)."""
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        rows = read_history(run_dir / "history.csv")
+        if not rows:
+            raise ValueError(f"{run_dir} has no history.csv; give directories of recipe runs.")
+        metrics_file = run_dir / "metrics.json"
+        if metrics_file.exists():
+            metrics = json.loads(metrics_file.read_text())
+            label = f"{metrics['dataset']} ResNet-{metrics['depth']} {metrics['variant']}"
+        else:
+            label = run_dir.name
+        runs.append((label, rows))
+    plot_runs(runs, path, title="test error")

@@ -1,0 +1,273 @@
+"""The one place that turns a configuration into a compiled model and a resumable `fit()`.
+
+A run writes into its output directory:
+    history.csv      one row per epoch (callbacks.HistoryCSV)
+    metrics.json     test error, seconds per epoch, images/s, the configuration, versions, device
+    error_curve.png  train and test error per epoch, like the paper's figures 6-8
+    model.keras      the trained model (keras.saving.load_model after `import keras_fastres`)
+    export/1/        with `export`: a SavedModel for serving (keras_fastres.export)
+    tensorboard/     TensorBoard logs
+    backup/          the last finished epoch while the run is unfinished (BackupAndRestore):
+                     running the same command again continues from there
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_fastres import callbacks, data, models, plots
+from keras_fastres.export import export_saved_model
+
+
+@dataclass
+class TrainConfig:
+    """One experiment. The defaults are the paper's recipe (He et al.'s ResNet setup)."""
+
+    dataset: str = "cifar10"
+    depth: int = 110
+    variant: str = "type1"
+    shortcut: str = "A"
+    epochs: int = 160
+    batch_size: int = 128
+    learning_rate: float = 0.1  # divided by 10 at 50% and 75% of the epochs
+    momentum: float = 0.9  # Nesterov
+    weight_decay: float = 1e-4
+    drop_path_rate: float = 0.0
+    extra_augmentation: tuple = ()
+    source: str = "tfds"
+    data_dir: str | None = None
+    seed: int | None = None
+    output_dir: str | None = None
+    export: bool = False
+    synthetic_size: tuple = (1024, 256)
+    verbose: int | None = None  # None: a progress bar on a terminal, one line per epoch otherwise
+
+    def run_dir(self):
+        if self.output_dir:
+            return Path(self.output_dir)
+        source = "-synthetic" if self.source == "synthetic" else ""
+        seed = f"-seed{self.seed}" if self.seed is not None else ""
+        return Path("runs") / f"{self.dataset}{source}-resnet{self.depth}-{self.variant}{seed}"
+
+
+class RunFailed(RuntimeError):
+    """Training stopped without a usable model (the loss became NaN)."""
+
+
+def check_config(config):
+    """The training arguments' errors, before any data is read (the model checks its own)."""
+    data.check_dataset(config.dataset)
+    data.check_extra_augmentation(config.extra_augmentation)
+    if config.source not in data.SOURCES:
+        raise ValueError(f"source must be one of {data.SOURCES}, got {config.source!r}.")
+    for name in ("epochs", "batch_size"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if not config.learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive, got {config.learning_rate!r}.")
+    if config.source == "archive" and not config.data_dir:
+        raise ValueError("source 'archive' needs data_dir: the cifar-*-python.tar.gz file or "
+                         "the folder holding it.")
+    if config.data_dir and config.source != "tfds" and not Path(config.data_dir).exists():
+        raise ValueError(f"data_dir {config.data_dir} does not exist.")
+    run_dir = config.run_dir()
+    if (run_dir / "metrics.json").exists() and not (run_dir / "backup").exists():
+        raise ValueError(f"{run_dir} already holds a finished run; pass another output "
+                         f"directory or delete it to train again.")
+
+
+def build_and_compile(config, num_classes):
+    """The model of `config` with the paper's optimiser: SGD, Nesterov momentum, weight decay
+    as L2 in the layers (gradient term weight_decay * w)."""
+    model = models.FastResNet(
+        config.depth, config.variant, num_classes=num_classes, shortcut=config.shortcut,
+        drop_path_rate=config.drop_path_rate, weight_decay=config.weight_decay,
+        normalization=config.dataset)
+    one_hot = bool({"mixup", "cutmix"} & set(config.extra_augmentation))
+    model.compile(
+        optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum,
+                                       nesterov=True),
+        loss="categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy",
+        metrics=["accuracy"])
+    return model
+
+
+def train(config):
+    """Runs (or resumes) one experiment and returns its metrics dict."""
+    check_config(config)
+    run_dir = config.run_dir()
+    if config.seed is not None:
+        keras.utils.set_random_seed(config.seed)
+    model = build_and_compile(config, len(data.CLASS_NAMES[config.dataset]))
+    cifar = data.load_cifar(config.dataset, config.source, config.data_dir,
+                            synthetic_size=config.synthetic_size, seed=config.seed or 0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_data = data.make_dataset(cifar.train, config.batch_size, True, cifar.num_classes,
+                                   config.seed, config.extra_augmentation)
+    test_data = data.make_dataset(cifar.test, config.batch_size, False, cifar.num_classes,
+                                  extra_augmentation=config.extra_augmentation)
+
+    timer = callbacks.EpochTimer(len(cifar.train.labels))
+    verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    # Order matters: the schedule and the timer add to the epoch logs that the history file
+    # records, and the backup is taken after the history row is written.
+    if (run_dir / "backup").exists():
+        print(f"Resuming {run_dir} from its last finished epoch.", flush=True)
+    model.fit(
+        train_data, validation_data=test_data, epochs=config.epochs, verbose=verbose,
+        shuffle=False,  # the training pipeline shuffles, with the seed
+        callbacks=[
+            callbacks.paper_schedule(config.epochs, config.learning_rate),
+            timer,
+            callbacks.HistoryCSV(run_dir / "history.csv"),
+            keras.callbacks.TensorBoard(run_dir / "tensorboard", profile_batch=0),
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.BackupAndRestore(run_dir / "backup", delete_checkpoint=False),
+        ])
+    history = callbacks.read_history(run_dir / "history.csv")
+    if len(history) < config.epochs:
+        raise RunFailed(
+            f"Training stopped after epoch {len(history)} of {config.epochs}: the loss became "
+            f"NaN or infinite. Lower the learning rate or check the data; history is in {run_dir}.")
+
+    test_loss, test_accuracy = model.evaluate(test_data, verbose=0)
+    if timer.epoch_seconds:
+        mean_seconds = timer.mean_epoch_seconds
+        timed_epochs = len(timer.timed_epochs)
+    else:  # resumed after the last epoch: only the history file knows the timings
+        seconds = [float(row["epoch_seconds"]) for row in history[1:] or history]
+        mean_seconds, timed_epochs = sum(seconds) / len(seconds), len(seconds)
+    metrics = {
+        "test_error": 1.0 - float(test_accuracy),
+        "test_loss": float(test_loss),
+        "mean_epoch_seconds": mean_seconds,
+        "images_per_second": len(cifar.train.labels) / mean_seconds,
+        "timed_epochs": timed_epochs,
+        "train_images": len(cifar.train.labels),
+        "test_images": len(cifar.test.labels),
+        "parameters": model.count_params(),
+        **{key: value for key, value in dataclasses.asdict(config).items()
+           if key not in ("verbose", "output_dir")},
+        "versions": versions(),
+        "device": describe_device(),
+    }
+    model.save(run_dir / "model.keras")
+    write_json(run_dir / "metrics.json", metrics)
+    plots.plot_runs([(f"ResNet-{config.depth} {config.variant}", history)],
+                    run_dir / "error_curve.png", train_error=True,
+                    title=f"{config.dataset}, ResNet-{config.depth} {config.variant}")
+    if config.export:
+        metrics["export_dir"] = str(export_saved_model(model, run_dir / "export"))
+        print(f"Exported a SavedModel to {metrics['export_dir']}", flush=True)
+        write_json(run_dir / "metrics.json", metrics)
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    return metrics
+
+
+def write_json(path, content):
+    temporary = Path(f"{path}.tmp")
+    temporary.write_text(json.dumps(content, indent=2, default=str) + "\n")
+    os.replace(temporary, path)
+
+
+def versions():
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    import keras_fastres
+    return {"keras_fastres": keras_fastres.__version__, "keras": keras.__version__,
+            "tensorflow": tf.__version__, "tensorflow_datasets": tfds.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def describe_device():
+    """The accelerators TensorFlow sees, or the CPU model and core count."""
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+                 for gpu in gpus]
+        return f"{len(gpus)} x GPU: {', '.join(sorted(set(names)))}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU: {model}, {os.cpu_count()} cores"
+
+
+def parse_args(defaults, argv=None):
+    """The recipes' command line; `defaults` is the recipe's TrainConfig."""
+    parser = argparse.ArgumentParser(
+        description=f"Train a CIFAR ResNet on {defaults.dataset} with the paper's recipe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--depth", type=int, default=defaults.depth, help="6n+2")
+    parser.add_argument("--variant", choices=sorted(models.BLOCKS), default=defaults.variant)
+    parser.add_argument("--shortcut", choices=models.SHORTCUTS, default=defaults.shortcut)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--drop-path-rate", type=float, default=defaults.drop_path_rate,
+                        help="stochastic depth, last block's drop rate")
+    parser.add_argument("--extra-augmentation", nargs="*", choices=data.EXTRA_AUGMENTATIONS,
+                        default=list(defaults.extra_augmentation),
+                        help="beyond the paper's crop and flip")
+    parser.add_argument("--source", choices=data.SOURCES, default=defaults.source)
+    parser.add_argument("--synthetic", action="store_true",
+                        help="shorthand for --source synthetic (smoke runs and benchmarks only)")
+    parser.add_argument("--synthetic-size", type=int, nargs=2, metavar=("TRAIN", "TEST"),
+                        default=list(defaults.synthetic_size), help="images of the synthetic source")
+    parser.add_argument("--data-dir", default=defaults.data_dir,
+                        help="TFDS data_dir, or the CIFAR python archive / its folder")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--output-dir", default=None,
+                        help="default: runs/<dataset>-resnet<depth>-<variant>[-seed<seed>]")
+    parser.add_argument("--export", action="store_true",
+                        help="write a SavedModel for serving at the end")
+    parser.add_argument("--compare", nargs="+", metavar="RUN_DIR",
+                        help="plot the test error of finished runs on one figure and exit")
+    args = parser.parse_args(argv)
+    if args.compare:
+        return args
+    return dataclasses.replace(
+        defaults, depth=args.depth, variant=args.variant, shortcut=args.shortcut,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        drop_path_rate=args.drop_path_rate, extra_augmentation=tuple(args.extra_augmentation),
+        source="synthetic" if args.synthetic else args.source, data_dir=args.data_dir,
+        synthetic_size=tuple(args.synthetic_size),
+        seed=args.seed, output_dir=args.output_dir, export=args.export)
+
+
+def main(defaults, argv=None):
+    """Entry point of the recipes: parse, train, print the result; errors as one clear line."""
+    parsed = parse_args(defaults, argv)
+    try:
+        if isinstance(parsed, argparse.Namespace):
+            figure = Path(parsed.output_dir or ".") / "comparison.png"
+            plots.compare_runs(parsed.compare, figure)
+            print(f"Wrote {figure}")
+            return 0
+        metrics = train(parsed)
+    except (ValueError, data.DataUnavailableError, RunFailed) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ValueError) else 1
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Run the same command again to continue from the last finished "
+              f"epoch (saved in {parsed.run_dir() / 'backup'}).", file=sys.stderr)
+        return 130
+    print(f"test error {100 * metrics['test_error']:.2f}%, "
+          f"{metrics['mean_epoch_seconds']:.2f} s/epoch "
+          f"({metrics['images_per_second']:.0f} images/s) on {metrics['device']}; "
+          f"outputs in {parsed.run_dir()}")
+    return 0
