@@ -27,6 +27,8 @@ import numpy as np
 from keras_fastres import callbacks, data, models, plots
 from keras_fastres.export import export_saved_model
 
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
 
 @dataclass
 class TrainConfig:
@@ -48,6 +50,8 @@ class TrainConfig:
     seed: int | None = None
     output_dir: str | None = None
     export: bool = False
+    precision: str = "float32"  # or "mixed_float16" (with loss scaling), "mixed_bfloat16"
+    jit_compile: bool | None = None  # None: XLA on GPUs, off on CPUs (slower there, measured)
     synthetic_size: tuple = (1024, 256)
     verbose: int | None = None  # None: a progress bar on a terminal, one line per epoch otherwise
 
@@ -86,19 +90,36 @@ def check_config(config):
                          f"directory or delete it to train again.")
 
 
+def resolve_jit_compile(jit_compile):
+    """XLA as asked, or by default on GPUs only: on CPUs TensorFlow's XLA convolutions were
+    1.4x slower than its oneDNN graph kernels (ResNet-20 training steps, benchmark.py)."""
+    if jit_compile is None:
+        import tensorflow as tf
+        return bool(tf.config.list_physical_devices("GPU"))
+    return jit_compile
+
+
 def build_and_compile(config, num_classes):
     """The model of `config` with the paper's optimiser: SGD, Nesterov momentum, weight decay
-    as L2 in the layers (gradient term weight_decay * w)."""
-    model = models.FastResNet(
-        config.depth, config.variant, num_classes=num_classes, shortcut=config.shortcut,
-        drop_path_rate=config.drop_path_rate, weight_decay=config.weight_decay,
-        normalization=config.dataset)
-    one_hot = bool({"mixup", "cutmix"} & set(config.extra_augmentation))
-    model.compile(
-        optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum,
-                                       nesterov=True),
-        loss="categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy",
-        metrics=["accuracy"])
+    as L2 in the layers (gradient term weight_decay * w), in `config.precision`. Keras wraps
+    the optimiser in a LossScaleOptimizer under mixed_float16."""
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}.")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        model = models.FastResNet(
+            config.depth, config.variant, num_classes=num_classes, shortcut=config.shortcut,
+            drop_path_rate=config.drop_path_rate, weight_decay=config.weight_decay,
+            normalization=config.dataset)
+        one_hot = bool({"mixup", "cutmix"} & set(config.extra_augmentation))
+        model.compile(
+            optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum,
+                                           nesterov=True),
+            loss="categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy",
+            metrics=["accuracy"], jit_compile=resolve_jit_compile(config.jit_compile))
+    finally:
+        keras.config.set_dtype_policy(previous)
     return model
 
 
@@ -223,6 +244,9 @@ def parse_args(defaults, argv=None):
     parser.add_argument("--extra-augmentation", nargs="*", choices=data.EXTRA_AUGMENTATIONS,
                         default=list(defaults.extra_augmentation),
                         help="beyond the paper's crop and flip")
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
+    parser.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                        help="XLA; auto: on with GPUs, off on CPUs")
     parser.add_argument("--source", choices=data.SOURCES, default=defaults.source)
     parser.add_argument("--synthetic", action="store_true",
                         help="shorthand for --source synthetic (smoke runs and benchmarks only)")
@@ -245,7 +269,8 @@ def parse_args(defaults, argv=None):
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         drop_path_rate=args.drop_path_rate, extra_augmentation=tuple(args.extra_augmentation),
         source="synthetic" if args.synthetic else args.source, data_dir=args.data_dir,
-        synthetic_size=tuple(args.synthetic_size),
+        synthetic_size=tuple(args.synthetic_size), precision=args.precision,
+        jit_compile={"auto": None, "on": True, "off": False}[args.jit_compile],
         seed=args.seed, output_dir=args.output_dir, export=args.export)
 
 

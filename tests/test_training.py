@@ -142,3 +142,31 @@ def test_a_shallow_fastresnet_learns_real_digits(tmp_path):
                                 verbose=0))
     assert metrics["test_error"] <= 0.10, metrics["test_error"]
     assert metrics["train_images"] == 1400 and metrics["test_images"] == 397
+
+
+@pytest.mark.parametrize("precision, compute", [("float32", "float32"),
+                                                ("mixed_bfloat16", "bfloat16"),
+                                                ("mixed_float16", "float16")])
+def test_precision_policies_and_loss_scaling(precision, compute):
+    import keras
+    from keras_fastres.training import build_and_compile
+
+    model = build_and_compile(TrainConfig(depth=8, precision=precision), num_classes=10)
+    assert model.get_layer("stage1_block1").compute_dtype == compute
+    assert model.output.dtype == "float32"  # the classifier computes in float32
+    assert all(w.dtype == "float32" for w in model.trainable_weights)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (
+        precision == "mixed_float16")
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    with pytest.raises(ValueError, match="precision must be one of"):
+        build_and_compile(TrainConfig(depth=8, precision="float8"), num_classes=10)
+
+
+def test_xla_defaults_to_off_on_cpus():
+    from keras_fastres.training import build_and_compile, parse_args, resolve_jit_compile
+
+    assert resolve_jit_compile(None) is False  # no GPU here
+    assert resolve_jit_compile(True) is True
+    assert build_and_compile(TrainConfig(depth=8), 10).jit_compile is False
+    config = parse_args(TrainConfig(), ["--jit-compile", "on", "--precision", "mixed_bfloat16"])
+    assert config.jit_compile is True and config.precision == "mixed_bfloat16"

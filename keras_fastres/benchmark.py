@@ -1,0 +1,218 @@
+"""Training speed of the block variants side by side, their FLOPs, and the device's peak.
+
+Every model is built in one process and warmed up; then training steps (forward, backward,
+SGD update: the recipes' compiled train function, via `train_on_batch`) are timed round by
+round, each round visiting every model once, so that a noisy machine slows all of them alike.
+The reported step time is the median over rounds.
+"""
+
+import itertools
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from keras_fastres import blocks, models
+from keras_fastres.training import (PRECISIONS, TrainConfig, build_and_compile, describe_device,
+                                   resolve_jit_compile)
+
+COMPUTE_DTYPES = {"float32": tf.float32, "mixed_float16": tf.float16,
+                  "mixed_bfloat16": tf.bfloat16}
+EPOCH_IMAGES = 50_000  # one CIFAR training epoch
+# A training step does the forward convolution and dense work three times over: forward,
+# gradient with respect to the input, gradient with respect to the weights.
+TRAIN_TO_FORWARD = 3
+
+
+@dataclass(frozen=True)
+class Case:
+    depth: int
+    variant: str
+    precision: str = "float32"
+    jit_compile: bool = False
+
+    @property
+    def label(self):
+        return (f"ResNet-{self.depth} {self.variant} {self.precision}"
+                f"{' XLA' if self.jit_compile else ''}")
+
+
+def forward_multiply_adds(model):
+    """Multiply-adds of one image's forward pass through every convolution and dense layer,
+    from the kernels' shapes and the output sizes (batch norm, ReLU and sums not counted)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, blocks.ResidualBlock):
+            kernels = [sub.kernel for sub in (getattr(layer, name, None) for name in
+                       ("conv1", "conv2", "projection")) if sub is not None]
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            kernels = [layer.kernel]
+        else:
+            continue
+        # Every convolution of a block writes at the block's output resolution.
+        positions = int(np.prod(layer.output.shape[1:-1])) if len(layer.output.shape) == 4 else 1
+        total += sum(positions * int(np.prod(kernel.shape)) for kernel in kernels)
+    return total
+
+
+def train_flops_per_image(model):
+    """2 FLOPs per multiply-add, three passes per training step."""
+    return 2 * TRAIN_TO_FORWARD * forward_multiply_adds(model)
+
+
+def matmul_peak(precision="float32", size=2048, rounds=5, repeats=4):
+    """GFLOP/s of large square matmuls in the precision's compute dtype, on this device."""
+    dtype = COMPUTE_DTYPES[precision]
+    # Entries in [0, 1/size): each product keeps values bounded. The products are chained so
+    # that no graph optimisation can merge or skip them.
+    a = tf.cast(tf.random.uniform((size, size)), dtype)
+    b = tf.cast(tf.random.uniform((size, size)) / size, dtype)
+
+    @tf.function
+    def products():
+        x = a
+        for _ in range(repeats):
+            x = tf.matmul(x, b)
+        return tf.reduce_sum(tf.cast(x, tf.float32))
+
+    products().numpy()  # trace and warm up
+    seconds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        products().numpy()
+        seconds.append(time.perf_counter() - start)
+    return 2 * size ** 3 * repeats / statistics.median(seconds) / 1e9
+
+
+def build(case, num_classes=10):
+    """The case's model, compiled by the recipes' own code."""
+    return build_and_compile(TrainConfig(depth=case.depth, variant=case.variant,
+                                         precision=case.precision,
+                                         jit_compile=case.jit_compile), num_classes)
+
+
+def time_steps(model, images, labels, steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(images, labels)  # returns the loss as numpy: waits for the step
+    return (time.perf_counter() - start) / steps
+
+
+def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v1"),
+                  batch_size=128, rounds=5, steps=2, warmup_steps=2, precisions=("float32",),
+                  jit_compile=(None,), progress=None):
+    """Times every (depth, variant, precision, XLA) case interleaved; returns the report dict.
+
+    `jit_compile` holds True, False and/or None (as the recipes choose: XLA on GPUs only).
+    `progress`, if given, is called with a one-line status while the benchmark runs.
+    """
+    for depth in depths:
+        models.blocks_per_stage(depth)
+    unknown = [v for v in variants if v not in models.BLOCKS]
+    if unknown:
+        raise ValueError(f"variants must be taken from {sorted(models.BLOCKS)}, got {unknown}.")
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise ValueError(f"precisions must be taken from {PRECISIONS}, got {unknown}.")
+    for name, value in (("batch_size", batch_size), ("rounds", rounds), ("steps", steps)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    progress = progress or (lambda message: None)
+    cases = [Case(*values) for values in
+             itertools.product(depths, variants, precisions,
+                               sorted({resolve_jit_compile(j) for j in jit_compile}))]
+
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0, 255, (batch_size, 32, 32, 3)).astype("float32"))
+    labels = tf.constant(rng.integers(0, 10, batch_size))
+    peaks = {}
+    for precision in precisions:
+        progress(f"measuring the {precision} matmul peak")
+        peaks[precision] = matmul_peak(precision)
+
+    built = {}
+    for index, case in enumerate(cases, 1):
+        progress(f"building and warming up {index}/{len(cases)}: {case.label}")
+        built[case] = build(case)
+        time_steps(built[case], images, labels, warmup_steps)
+
+    seconds = {case: [] for case in cases}
+    for round_index in range(1, rounds + 1):
+        for index, case in enumerate(cases, 1):
+            progress(f"round {round_index}/{rounds}, {index}/{len(cases)}: {case.label}")
+            seconds[case].append(time_steps(built[case], images, labels, steps))
+
+    results = []
+    for case in cases:
+        step = statistics.median(seconds[case])
+        flops = train_flops_per_image(built[case])
+        results.append({
+            "depth": case.depth, "variant": case.variant, "precision": case.precision,
+            "jit_compile": case.jit_compile,
+            "step_seconds": step,
+            "step_seconds_per_round": seconds[case],
+            "images_per_second": batch_size / step,
+            "epoch_seconds": step * EPOCH_IMAGES / batch_size,
+            "train_gflop_per_image": flops / 1e9,
+            "achieved_gflops": flops * batch_size / step / 1e9,
+            "peak_fraction": flops * batch_size / step / 1e9 / peaks[case.precision],
+        })
+    for result in results:
+        baseline = next((r for r in results if r["variant"] == "preact" and all(
+            r[k] == result[k] for k in ("depth", "precision", "jit_compile"))), None)
+        result["ratio_to_preact"] = (result["step_seconds"] / baseline["step_seconds"]
+                                     if baseline else None)
+    return {"device": describe_device(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "batch_size": batch_size, "rounds": rounds,
+            "steps_per_round": steps, "matmul_peak_gflops": peaks, "results": results}
+
+
+COLUMNS = (("depth", "depth", "{}"), ("variant", "variant", "{}"),
+           ("precision", "precision", "{}"), ("XLA", "jit_compile", "{}"),
+           ("step ms", "step_seconds", "{:.1f}"), ("images/s", "images_per_second", "{:.0f}"),
+           ("s/epoch", "epoch_seconds", "{:.1f}"), ("vs preact", "ratio_to_preact", "{:.3f}"),
+           ("GFLOP/img", "train_gflop_per_image", "{:.3f}"),
+           ("GFLOP/s", "achieved_gflops", "{:.1f}"), ("of peak", "peak_fraction", "{:.1%}"))
+
+
+def table_rows(report):
+    rows = []
+    for result in report["results"]:
+        row = []
+        for _, key, spec in COLUMNS:
+            value = result[key] * 1000 if key == "step_seconds" else result[key]
+            row.append("-" if value is None else spec.format(value))
+        rows.append(row)
+    return [title for title, _, _ in COLUMNS], rows
+
+
+def format_table(report):
+    """The report as an aligned plain-text table, with the machine and the peaks."""
+    header, rows = table_rows(report)
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths))
+             for row in [header, *rows]]
+    return "\n".join([_summary(report), *lines])
+
+
+def format_markdown(report):
+    header, rows = table_rows(report)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join([_summary(report), "", *lines])
+
+
+def _summary(report):
+    peaks = ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in report["matmul_peak_gflops"].items())
+    return (f"{report['device']}; TensorFlow {report['tensorflow']}, Keras {report['keras']}; "
+            f"batch {report['batch_size']}, median of {report['rounds']} rounds x "
+            f"{report['steps_per_round']} steps; matmul peak: {peaks}")
+
+
+def print_progress(message):
+    print(f"\r\033[K{message}" if sys.stderr.isatty() else message, end="" if sys.stderr.isatty()
+          else "\n", file=sys.stderr, flush=True)

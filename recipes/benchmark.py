@@ -1,0 +1,72 @@
+"""The paper's speed comparison on this machine: training-step time of every block variant,
+side by side in one process, with FLOPs and the fraction of the device's matmul peak.
+
+    python recipes/benchmark.py                                   # the README's table
+    python recipes/benchmark.py --depths 20 --variants preact,type1 --json out.json
+    python recipes/benchmark.py --depths 110 --variants type1 \
+        --precisions float32,mixed_bfloat16,mixed_float16
+
+The defaults (5 rounds x 2 steps at batch 128) keep the full default run near 5 minutes on 2
+CPU cores; on a GPU, raise --rounds and --steps for tighter medians.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: quiet C++ logs
+
+import tensorflow as tf  # noqa: E402
+
+from keras_fastres.benchmark import (PRECISIONS, format_markdown, format_table, print_progress,
+                                     run_benchmark)
+
+DEPTHS = "20,56,110"
+VARIANTS = "preact,type1,type2,v1"
+BATCH_SIZE = 128  # the paper's
+ROUNDS = 5
+STEPS = 2
+
+
+def csv_list(convert=str):
+    return lambda text: [convert(item) for item in text.split(",") if item]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--depths", type=csv_list(int), default=DEPTHS)
+    parser.add_argument("--variants", type=csv_list(), default=VARIANTS)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--steps", type=int, default=STEPS, help="timed steps per round")
+    parser.add_argument("--precisions", type=csv_list(), default="float32",
+                        help=f"any of {','.join(PRECISIONS)}")
+    parser.add_argument("--jit-compile", choices=("auto", "on", "off", "both"), default="auto",
+                        help="XLA; auto: as the recipes (on with GPUs, off on CPUs)")
+    parser.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = parser.parse_args(argv)
+    tf.get_logger().setLevel("ERROR")  # one traced train function per model is expected
+    jit = {"auto": [None], "on": [True], "off": [False], "both": [False, True]}[args.jit_compile]
+    print(f"Benchmarking depths {args.depths}, variants {args.variants}, precisions "
+          f"{args.precisions}, XLA {args.jit_compile}: batch {args.batch_size}, "
+          f"{args.rounds} rounds x {args.steps} timed steps per model.", file=sys.stderr)
+    try:
+        report = run_benchmark(args.depths, args.variants, args.batch_size, args.rounds,
+                               args.steps, precisions=args.precisions, jit_compile=jit,
+                               progress=print_progress)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(file=sys.stderr)
+    print(format_markdown(report) if args.markdown else format_table(report))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

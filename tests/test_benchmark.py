@@ -1,0 +1,105 @@
+"""The benchmark's report: its fields, its arithmetic and its FLOP count. No timing asserts."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keras_fastres import FastResNet
+from keras_fastres.benchmark import (EPOCH_IMAGES, format_markdown, format_table,
+                                     forward_multiply_adds, run_benchmark, train_flops_per_image)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def hand_count_resnet20():
+    """Multiply-adds of ResNet-20's forward pass: output positions x kernel size, per conv."""
+    stem = 32 * 32 * (3 * 3 * 3 * 16)
+    stage1 = 6 * 32 * 32 * (3 * 3 * 16 * 16)
+    stage2 = 16 * 16 * (3 * 3 * 16 * 32) + 5 * 16 * 16 * (3 * 3 * 32 * 32)
+    stage3 = 8 * 8 * (3 * 3 * 32 * 64) + 5 * 8 * 8 * (3 * 3 * 64 * 64)
+    dense = 64 * 10
+    return stem + stage1 + stage2 + stage3 + dense
+
+
+@pytest.mark.parametrize("variant", ["v1", "preact", "type1", "type2"])
+def test_resnet20_flops_match_a_hand_count(variant):
+    model = FastResNet(20, variant)
+    assert forward_multiply_adds(model) == hand_count_resnet20() == 40_551_040  # "about 41M"
+    assert train_flops_per_image(model) == 2 * 3 * hand_count_resnet20()
+
+
+def test_projection_shortcuts_add_their_multiply_adds():
+    extra = 16 * 16 * (16 * 32) + 8 * 8 * (32 * 64)  # the two 1x1 stride-2 projections
+    assert forward_multiply_adds(FastResNet(20, shortcut="B")) == hand_count_resnet20() + extra
+
+
+def test_deeper_networks_scale_as_the_paper_says():
+    # PAPER.md: about 126M multiply-adds for ResNet-56 and 253M for ResNet-110.
+    assert round(forward_multiply_adds(FastResNet(56)) / 1e6) == 125
+    assert round(forward_multiply_adds(FastResNet(110)) / 1e6) == 253
+
+
+def test_tiny_benchmark_report_fields_and_arithmetic():
+    report = run_benchmark(depths=(8,), variants=("preact", "type1"), batch_size=4, rounds=3,
+                           steps=1, warmup_steps=1)
+    assert report["batch_size"] == 4 and report["rounds"] == 3
+    assert report["device"] and report["matmul_peak_gflops"]["float32"] > 0
+    results = {r["variant"]: r for r in report["results"]}
+    assert set(results) == {"preact", "type1"}
+    peak = report["matmul_peak_gflops"]["float32"]
+    for result in results.values():
+        assert len(result["step_seconds_per_round"]) == 3
+        assert result["step_seconds"] == statistics.median(result["step_seconds_per_round"])
+        step = result["step_seconds"]
+        assert result["images_per_second"] == pytest.approx(4 / step)
+        assert result["epoch_seconds"] == pytest.approx(step * EPOCH_IMAGES / 4)
+        flops = train_flops_per_image(FastResNet(8, result["variant"]))
+        assert result["train_gflop_per_image"] == pytest.approx(flops / 1e9)
+        assert result["achieved_gflops"] == pytest.approx(flops * 4 / step / 1e9)
+        assert result["peak_fraction"] == pytest.approx(result["achieved_gflops"] / peak)
+        assert result["precision"] == "float32" and result["jit_compile"] is False  # CPU
+    assert results["preact"]["ratio_to_preact"] == 1.0
+    assert results["type1"]["ratio_to_preact"] == pytest.approx(
+        results["type1"]["step_seconds"] / results["preact"]["step_seconds"])
+
+    table, markdown = format_table(report), format_markdown(report)
+    for text in (table, markdown):
+        assert "type1" in text and "preact" in text and "GFLOP/s" in text
+    assert markdown.count("\n| ") == 3  # header and two rows
+
+
+def test_ratio_is_missing_without_a_preact_baseline():
+    report = run_benchmark(depths=(8,), variants=("type1",), batch_size=2, rounds=1, steps=1,
+                           warmup_steps=1)
+    assert report["results"][0]["ratio_to_preact"] is None
+    assert " - " in format_table(report)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"variants": ("fast",)}, "variants must be taken from"),
+    ({"precisions": ("float8",)}, "precisions must be taken from"),
+    ({"depths": (21,)}, r"6n \+ 2"),
+    ({"rounds": 0}, "rounds must be a positive integer"),
+])
+def test_bad_benchmark_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run_benchmark(**{"depths": (8,), **kwargs})
+
+
+def test_benchmark_recipe_writes_json(tmp_path):
+    out = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "benchmark.py"), "--depths", "8", "--variants",
+         "preact,type1", "--batch-size", "2", "--rounds", "1", "--steps", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr
+    assert "round 1/1" in result.stderr  # progress
+    report = json.loads(out.read_text())
+    assert [r["variant"] for r in report["results"]] == ["preact", "type1"]
+    assert "vs preact" in result.stdout
