@@ -1,8 +1,8 @@
 """Training speed of the block variants side by side, their FLOPs, and the device's peak.
 
 Every model is built in one process and warmed up; then training steps (forward, backward,
-SGD update: the recipes' compiled train function, via `train_on_batch`) are timed round by
-round, each round visiting every model once, so that a noisy machine slows all of them alike.
+SGD update: the recipes' own distributed training step, `distribute.Trainer`) are timed round
+by round, each round visiting every model once, so that a noisy machine slows all of them alike.
 The reported step time is the median over rounds.
 """
 
@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from keras_fastres import blocks, models
+from keras_fastres.distribute import Trainer, make_strategy
 from keras_fastres.training import (PRECISIONS, TrainConfig, build_and_compile, describe_device,
                                    resolve_jit_compile)
 
@@ -88,17 +89,21 @@ def matmul_peak(precision="float32", size=2048, rounds=5, repeats=4):
     return 2 * size ** 3 * repeats / statistics.median(seconds) / 1e9
 
 
-def build(case, num_classes=10):
-    """The case's model, compiled by the recipes' own code."""
-    return build_and_compile(TrainConfig(depth=case.depth, variant=case.variant,
-                                         precision=case.precision,
-                                         jit_compile=case.jit_compile), num_classes)
+def build(case, strategy, num_classes=10):
+    """The case's Trainer, built by the recipes' own code."""
+    config = TrainConfig(depth=case.depth, variant=case.variant, precision=case.precision,
+                         jit_compile=case.jit_compile)
+    with strategy.scope():
+        model = build_and_compile(config, num_classes)
+    return Trainer(model, strategy, jit_compile=case.jit_compile)
 
 
-def time_steps(model, images, labels, steps):
+def time_steps(trainer, batches, steps):
+    """Seconds per training step, over `steps` steps from the distributed iterator."""
     start = time.perf_counter()
     for _ in range(steps):
-        model.train_on_batch(images, labels)  # returns the loss as numpy: waits for the step
+        trainer.train_step(next(batches))
+    float(trainer.loss.result())  # waits for the last step
     return (time.perf_counter() - start) / steps
 
 
@@ -127,8 +132,11 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
                                sorted({resolve_jit_compile(j) for j in jit_compile}))]
 
     rng = np.random.default_rng(0)
-    images = tf.constant(rng.uniform(0, 255, (batch_size, 32, 32, 3)).astype("float32"))
-    labels = tf.constant(rng.integers(0, 10, batch_size))
+    images = rng.uniform(0, 255, (batch_size, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 10, batch_size)
+    strategy = make_strategy("auto")
+    batches = iter(strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors((images, labels)).repeat()))
     peaks = {}
     for precision in precisions:
         progress(f"measuring the {precision} matmul peak")
@@ -137,19 +145,19 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
     built = {}
     for index, case in enumerate(cases, 1):
         progress(f"building and warming up {index}/{len(cases)}: {case.label}")
-        built[case] = build(case)
-        time_steps(built[case], images, labels, warmup_steps)
+        built[case] = build(case, strategy)
+        time_steps(built[case], batches, warmup_steps)
 
     seconds = {case: [] for case in cases}
     for round_index in range(1, rounds + 1):
         for index, case in enumerate(cases, 1):
             progress(f"round {round_index}/{rounds}, {index}/{len(cases)}: {case.label}")
-            seconds[case].append(time_steps(built[case], images, labels, steps))
+            seconds[case].append(time_steps(built[case], batches, steps))
 
     results = []
     for case in cases:
         step = statistics.median(seconds[case])
-        flops = train_flops_per_image(built[case])
+        flops = train_flops_per_image(built[case].model)
         results.append({
             "depth": case.depth, "variant": case.variant, "precision": case.precision,
             "jit_compile": case.jit_compile,

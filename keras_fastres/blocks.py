@@ -23,6 +23,14 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
+def batch_norm(name, synchronized=False, dtype=None):
+    """BatchNormalization with the reference networks' momentum and epsilon. `synchronized`
+    computes the batch statistics over all replicas of a tf.distribute strategy (TensorFlow
+    backend only), so that several devices train as one device with the global batch would."""
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                     synchronized=synchronized, dtype=dtype, name=name)
+
+
 def kernel_regularizer(weight_decay):
     """L2 penalty whose gradient is `weight_decay * w` (Keras's L2(l) differentiates to 2*l*w)."""
     return keras.regularizers.L2(weight_decay / 2) if weight_decay else None
@@ -40,12 +48,14 @@ class ResidualBlock(layers.Layer):
             1 / (1 - rate), so inference is the deterministic full block.
         weight_decay: coefficient of the L2 penalty on the convolution kernels, as the
             gradient term `weight_decay * w`.
+        synchronized_batch_norm: batch statistics over all replicas of a distribution strategy
+            (see `batch_norm`); False by default.
 
     Input `(batch, H, W, C)`; output `(batch, ceil(H / strides), ceil(W / strides), filters)`.
     """
 
     def __init__(self, filters, strides=1, shortcut="A", drop_path_rate=0.0,
-                 weight_decay=1e-4, **kwargs):
+                 weight_decay=1e-4, synchronized_batch_norm=False, **kwargs):
         super().__init__(**kwargs)
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}.")
@@ -58,6 +68,7 @@ class ResidualBlock(layers.Layer):
         self.shortcut = shortcut
         self.drop_path_rate = drop_path_rate
         self.weight_decay = weight_decay
+        self.synchronized_batch_norm = synchronized_batch_norm
         if drop_path_rate > 0:
             self.seed_generator = keras.random.SeedGenerator()
 
@@ -69,8 +80,7 @@ class ResidualBlock(layers.Layer):
             dtype=self.dtype_policy, name=name)
 
     def batch_norm(self, name):
-        return layers.BatchNormalization(
-            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype_policy, name=name)
+        return batch_norm(name, self.synchronized_batch_norm, self.dtype_policy)
 
     def build(self, input_shape):
         self.projection = None
@@ -115,7 +125,8 @@ class ResidualBlock(layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(filters=self.filters, strides=self.strides, shortcut=self.shortcut,
-                      drop_path_rate=self.drop_path_rate, weight_decay=self.weight_decay)
+                      drop_path_rate=self.drop_path_rate, weight_decay=self.weight_decay,
+                      synchronized_batch_norm=self.synchronized_batch_norm)
         return config
 
 

@@ -14,7 +14,7 @@ Depth counts the convolutions on the longest path: 6n + 2.
 import keras
 from keras import layers
 
-from keras_fastres.blocks import BLOCKS, BN_EPSILON, BN_MOMENTUM, SHORTCUTS, kernel_regularizer
+from keras_fastres.blocks import BLOCKS, SHORTCUTS, batch_norm, kernel_regularizer
 
 STAGE_FILTERS = (16, 32, 64)
 
@@ -82,7 +82,8 @@ def _check_input_shape(input_shape, channels):
 
 def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 3),
                shortcut="A", drop_path_rate=0.0, include_top=True, weight_decay=1e-4,
-               normalization="auto", classifier_activation="softmax", name=None):
+               normalization="auto", classifier_activation="softmax",
+               synchronized_batch_norm=False, name=None):
     """A CIFAR residual network of the paper "Simplified residual structure and fast deep
     residual networks".
 
@@ -109,6 +110,10 @@ def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 
             pair of per-channel sequences on the 0-255 scale; None for no normalisation layer.
         classifier_activation: activation of the last Dense layer ("softmax" by default; None
             for logits). The classifier computes in float32 under mixed precision.
+        synchronized_batch_norm: compute BN batch statistics over all replicas of a
+            tf.distribute strategy (TensorFlow backend only), so that training on several
+            devices matches one device with the same global batch. Off by default; the recipes
+            turn it on when they train on more than one replica.
         name: model name; default "resnet{depth}_{variant}".
 
     Returns:
@@ -135,7 +140,7 @@ def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 
                       kernel_initializer="he_normal",
                       kernel_regularizer=kernel_regularizer(weight_decay), name="stem_conv")(x)
     if variant == "v1":
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="stem_bn")(x)
+        x = batch_norm("stem_bn", synchronized_batch_norm)(x)
         x = layers.ReLU(name="stem_relu")(x)
 
     block = BLOCKS[variant]
@@ -145,11 +150,11 @@ def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 
             block_number = stage * n + index + 1
             x = block(filters, strides=2 if stage > 0 and index == 0 else 1, shortcut=shortcut,
                       drop_path_rate=drop_path_rate * block_number / total_blocks,
-                      weight_decay=weight_decay,
+                      weight_decay=weight_decay, synchronized_batch_norm=synchronized_batch_norm,
                       name=f"stage{stage + 1}_block{index + 1}")(x)
 
     if variant != "v1":
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="final_bn")(x)
+        x = batch_norm("final_bn", synchronized_batch_norm)(x)
         x = layers.ReLU(name="final_relu")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

@@ -7,13 +7,16 @@ A run writes into its output directory:
     model.keras      the trained model (keras.saving.load_model after `import keras_fastres`)
     export/1/        with `export`: a SavedModel for serving (keras_fastres.export)
     tensorboard/     TensorBoard logs
-    backup/          the last finished epoch while the run is unfinished (BackupAndRestore):
+    backup/          the last finished epoch while the run is unfinished (distribute.Backup):
                      running the same command again continues from there
+Training runs in distribute.Trainer under a tf.distribute strategy (one device by default);
+only the chief writes these outputs.
 """
 
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -23,11 +26,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from keras_fastres import callbacks, data, models, plots
+from keras_fastres import callbacks, data, distribute, models, plots
 from keras_fastres.export import export_saved_model
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PAPER_BATCH_SIZE = 128  # the reference for --lr-scaling linear
 
 
 @dataclass
@@ -52,6 +57,9 @@ class TrainConfig:
     export: bool = False
     precision: str = "float32"  # or "mixed_float16" (with loss scaling), "mixed_bfloat16"
     jit_compile: bool | None = None  # None: XLA on GPUs, off on CPUs (slower there, measured)
+    strategy: str = "auto"  # see distribute.make_strategy
+    cpu_replicas: int | None = None  # "mirrored" over that many logical CPU devices
+    lr_scaling: str | None = None  # "linear": learning_rate * batch_size / 128
     synthetic_size: tuple = (1024, 256)
     verbose: int | None = None  # None: a progress bar on a terminal, one line per epoch otherwise
 
@@ -82,6 +90,11 @@ def check_config(config):
     if config.source == "archive" and not config.data_dir:
         raise ValueError("source 'archive' needs data_dir: the cifar-*-python.tar.gz file or "
                          "the folder holding it.")
+    if config.strategy not in distribute.STRATEGIES:
+        raise ValueError(f"strategy must be one of {distribute.STRATEGIES}, got "
+                         f"{config.strategy!r}.")
+    if config.lr_scaling not in (None, "linear"):
+        raise ValueError(f"lr_scaling must be None or 'linear', got {config.lr_scaling!r}.")
     if config.data_dir and config.source != "tfds" and not Path(config.data_dir).exists():
         raise ValueError(f"data_dir {config.data_dir} does not exist.")
     run_dir = config.run_dir()
@@ -99,7 +112,7 @@ def resolve_jit_compile(jit_compile):
     return jit_compile
 
 
-def build_and_compile(config, num_classes):
+def build_and_compile(config, num_classes, synchronized_batch_norm=False):
     """The model of `config` with the paper's optimiser: SGD, Nesterov momentum, weight decay
     as L2 in the layers (gradient term weight_decay * w), in `config.precision`. Keras wraps
     the optimiser in a LossScaleOptimizer under mixed_float16."""
@@ -111,7 +124,7 @@ def build_and_compile(config, num_classes):
         model = models.FastResNet(
             config.depth, config.variant, num_classes=num_classes, shortcut=config.shortcut,
             drop_path_rate=config.drop_path_rate, weight_decay=config.weight_decay,
-            normalization=config.dataset)
+            normalization=config.dataset, synchronized_batch_norm=synchronized_batch_norm)
         one_hot = bool({"mixup", "cutmix"} & set(config.extra_augmentation))
         model.compile(
             optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum,
@@ -124,64 +137,95 @@ def build_and_compile(config, num_classes):
 
 
 def train(config):
-    """Runs (or resumes) one experiment and returns its metrics dict."""
+    """Runs (or resumes) one experiment and returns its metrics dict (on every worker; only
+    the chief writes outputs)."""
     check_config(config)
     run_dir = config.run_dir()
+    strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
+    chief = distribute.is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    jit_compile = resolve_jit_compile(config.jit_compile)
+    if jit_compile and replicas > 1 and config.precision == "mixed_float16":
+        raise ValueError(
+            "mixed_float16 with XLA on several replicas crashes in Keras's LossScaleOptimizer "
+            "(keras-team/keras#21366); use --precision mixed_bfloat16 or --jit-compile off.")
+    if jit_compile and replicas > 1 and not tf.config.list_logical_devices("GPU"):
+        # Measured here: XLA on CPUs implements no cross-replica collectives (TensorFlow
+        # b/194942685), and logical CPU replicas read variables placed on another device.
+        raise ValueError(
+            "XLA cannot compile a training step that spans several CPU replicas or CPU "
+            "workers in TensorFlow; use --jit-compile off (the default on CPUs).")
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
-    model = build_and_compile(config, len(data.CLASS_NAMES[config.dataset]))
+    if config.lr_scaling == "linear":
+        config = dataclasses.replace(
+            config, learning_rate=config.learning_rate * config.batch_size / PAPER_BATCH_SIZE)
+    with strategy.scope():
+        # Synchronised BN: the replicas normalise with the global batch's statistics, so
+        # N devices train like one device with the same global batch, and the workers' BN
+        # moving averages stay identical.
+        model = build_and_compile(config, len(data.CLASS_NAMES[config.dataset]),
+                                  synchronized_batch_norm=replicas > 1)
+    one_hot = bool({"mixup", "cutmix"} & set(config.extra_augmentation))
+    trainer = distribute.Trainer(model, strategy, one_hot, jit_compile)
     cifar = data.load_cifar(config.dataset, config.source, config.data_dir,
                             synthetic_size=config.synthetic_size, seed=config.seed or 0)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Workers shard the global batches of one pipeline, so all of them must draw the same order.
+    data_seed = 0 if config.seed is None and multi_worker else config.seed
     train_data = data.make_dataset(cifar.train, config.batch_size, True, cifar.num_classes,
-                                   config.seed, config.extra_augmentation)
+                                   data_seed, config.extra_augmentation)
     test_data = data.make_dataset(cifar.test, config.batch_size, False, cifar.num_classes,
                                   extra_augmentation=config.extra_augmentation)
 
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    backup = distribute.Backup(str(run_dir / "backup"), write=chief)
+    finished_epochs = backup.restore(model)
+    if finished_epochs and chief:
+        print(f"Resuming {run_dir} after epoch {finished_epochs}.", flush=True)
     timer = callbacks.EpochTimer(len(cifar.train.labels))
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
     # Order matters: the schedule and the timer add to the epoch logs that the history file
     # records, and the backup is taken after the history row is written.
-    if (run_dir / "backup").exists():
-        print(f"Resuming {run_dir} from its last finished epoch.", flush=True)
-    model.fit(
-        train_data, validation_data=test_data, epochs=config.epochs, verbose=verbose,
-        shuffle=False,  # the training pipeline shuffles, with the seed
-        callbacks=[
-            callbacks.paper_schedule(config.epochs, config.learning_rate),
-            timer,
-            callbacks.HistoryCSV(run_dir / "history.csv"),
-            keras.callbacks.TensorBoard(run_dir / "tensorboard", profile_batch=0),
-            keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.BackupAndRestore(run_dir / "backup", delete_checkpoint=False),
-        ])
-    history = callbacks.read_history(run_dir / "history.csv")
-    if len(history) < config.epochs:
+    outputs = [callbacks.HistoryCSV(run_dir / "history.csv"),
+               keras.callbacks.TensorBoard(run_dir / "tensorboard", profile_batch=0)]
+    trainer.fit(train_data, test_data, config.epochs, initial_epoch=finished_epochs,
+                verbose=verbose if chief else 0, callbacks=[
+                    callbacks.paper_schedule(config.epochs, config.learning_rate), timer,
+                    *(outputs if chief else []), keras.callbacks.TerminateOnNaN(), backup])
+    if model.stop_training:
         raise RunFailed(
-            f"Training stopped after epoch {len(history)} of {config.epochs}: the loss became "
-            f"NaN or infinite. Lower the learning rate or check the data; history is in {run_dir}.")
+            f"Training stopped in epoch {finished_epochs + len(timer.epoch_seconds)} of "
+            f"{config.epochs}: the loss became NaN or infinite. Lower the learning rate or "
+            f"check the data; the history is in {run_dir}.")
 
-    test_loss, test_accuracy = model.evaluate(test_data, verbose=0)
+    test = trainer.evaluate(test_data)
+    history = callbacks.read_history(run_dir / "history.csv") if chief else []
     if timer.epoch_seconds:
         mean_seconds = timer.mean_epoch_seconds
         timed_epochs = len(timer.timed_epochs)
     else:  # resumed after the last epoch: only the history file knows the timings
-        seconds = [float(row["epoch_seconds"]) for row in history[1:] or history]
+        seconds = [float(row["epoch_seconds"]) for row in history[1:] or history] or [math.nan]
         mean_seconds, timed_epochs = sum(seconds) / len(seconds), len(seconds)
     metrics = {
-        "test_error": 1.0 - float(test_accuracy),
-        "test_loss": float(test_loss),
+        "test_error": 1.0 - test["accuracy"],
+        "test_loss": test["loss"],
         "mean_epoch_seconds": mean_seconds,
         "images_per_second": len(cifar.train.labels) / mean_seconds,
         "timed_epochs": timed_epochs,
         "train_images": len(cifar.train.labels),
         "test_images": len(cifar.test.labels),
         "parameters": model.count_params(),
+        "replicas": replicas,
+        "outputs": str(run_dir) if chief else None,
         **{key: value for key, value in dataclasses.asdict(config).items()
            if key not in ("verbose", "output_dir")},
         "versions": versions(),
         "device": describe_device(),
     }
+    if not chief:
+        return metrics
     model.save(run_dir / "model.keras")
     write_json(run_dir / "metrics.json", metrics)
     plots.plot_runs([(f"ResNet-{config.depth} {config.variant}", history)],
@@ -247,6 +291,14 @@ def parse_args(defaults, argv=None):
     parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
     parser.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
                         help="XLA; auto: on with GPUs, off on CPUs")
+    parser.add_argument("--strategy", choices=distribute.STRATEGIES, default=defaults.strategy,
+                        help="auto: all local GPUs when there are several; multi-worker: "
+                             "configured by TF_CONFIG")
+    parser.add_argument("--cpu-replicas", type=int, default=None,
+                        help="with --strategy mirrored and no GPUs: that many logical CPU "
+                             "devices (to try data parallelism)")
+    parser.add_argument("--lr-scaling", choices=("none", "linear"), default="none",
+                        help="linear: learning rate x batch size / 128 (the batch is global)")
     parser.add_argument("--source", choices=data.SOURCES, default=defaults.source)
     parser.add_argument("--synthetic", action="store_true",
                         help="shorthand for --source synthetic (smoke runs and benchmarks only)")
@@ -271,6 +323,8 @@ def parse_args(defaults, argv=None):
         source="synthetic" if args.synthetic else args.source, data_dir=args.data_dir,
         synthetic_size=tuple(args.synthetic_size), precision=args.precision,
         jit_compile={"auto": None, "on": True, "off": False}[args.jit_compile],
+        strategy=args.strategy, cpu_replicas=args.cpu_replicas,
+        lr_scaling=None if args.lr_scaling == "none" else args.lr_scaling,
         seed=args.seed, output_dir=args.output_dir, export=args.export)
 
 
@@ -287,6 +341,12 @@ def main(defaults, argv=None):
     except (ValueError, data.DataUnavailableError, RunFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1
+    except tf.errors.OpError as error:
+        # Under multi-worker, a lost worker aborts every other worker's collectives.
+        print(f"error: TensorFlow: {error.message.splitlines()[0]}\nIf a worker was lost, start "
+              f"every worker again with the same command: the run continues from its last "
+              f"finished epoch (saved in {parsed.run_dir() / 'backup'}).", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\nInterrupted. Run the same command again to continue from the last finished "
               f"epoch (saved in {parsed.run_dir() / 'backup'}).", file=sys.stderr)
@@ -294,5 +354,6 @@ def main(defaults, argv=None):
     print(f"test error {100 * metrics['test_error']:.2f}%, "
           f"{metrics['mean_epoch_seconds']:.2f} s/epoch "
           f"({metrics['images_per_second']:.0f} images/s) on {metrics['device']}; "
-          f"outputs in {parsed.run_dir()}")
+          + (f"outputs in {metrics['outputs']}" if metrics["outputs"] else
+             "this worker wrote nothing; the chief wrote the outputs"))
     return 0

@@ -75,11 +75,11 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
     args = ["--synthetic", "--depth", "20", "--epochs", str(epochs), "--output-dir", str(run)]
     first = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "cifar10.py"), *args],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    metadata = run / "backup" / "training_metadata.json"
+    metadata = run / "backup" / "state.json"
     deadline = time.monotonic() + 300
     while first.poll() is None and time.monotonic() < deadline:
         try:
-            if json.loads(metadata.read_text())["epoch"] >= 1:
+            if json.loads(metadata.read_text())["finished_epochs"] >= 1:
                 break
         except (OSError, ValueError, KeyError):
             pass

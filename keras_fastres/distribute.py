@@ -1,0 +1,193 @@
+"""One training loop for one device, several devices and several machines.
+
+Why not `model.fit()`: under `MultiWorkerMirroredStrategy`, Keras 3's fit() fails
+(keras-team/keras#20585): before the first step it reduces a distributed input batch to build
+the model symbolically, and every step it reduces the scalar logs with `axis=0`; both raise.
+Using fit() for one device and a custom loop for clusters would make the cluster path the
+untested one. So every strategy runs this loop: `strategy.run` of a compiled training step on
+a distributed dataset, driving the same Keras callbacks fit() would (`CallbackList`: progress
+bar, schedule, timer, history, TensorBoard, TerminateOnNaN). Checked here: two localhost
+workers end with identical weights, and two logical CPUs match one device.
+"""
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
+
+
+def make_strategy(name="auto", cpu_replicas=None):
+    """A tf.distribute strategy by name.
+
+    "auto": MirroredStrategy over all local GPUs when there are several, else the default
+    (one device). "one-device": the first GPU, or the CPU. "mirrored": all local GPUs, or with
+    `cpu_replicas` that many logical CPU devices (to try data parallelism without GPUs).
+    "multi-worker": MultiWorkerMirroredStrategy, configured by the TF_CONFIG variable.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}.")
+    if name == "multi-worker" and "TF_CONFIG" not in os.environ:
+        raise ValueError(
+            "strategy 'multi-worker' needs the TF_CONFIG environment variable, e.g. "
+            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}.')
+    if cpu_replicas:
+        if name != "mirrored":
+            raise ValueError("cpu_replicas is for strategy 'mirrored' only.")
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+    if name == "multi-worker":  # before anything else starts TensorFlow's runtime
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored":
+        devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "one-device" or len(gpus) < 2:
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    return tf.distribute.MirroredStrategy()
+
+
+def is_chief(strategy):
+    """True on the one process that writes outputs: the only one, or the cluster's chief
+    (task "chief", or worker 0 when the cluster has no chief task)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
+
+
+class Trainer:
+    """The compiled distributed steps of one model: train on a dataset epoch by epoch with
+    callbacks, and evaluate. The model must have been built and compiled under
+    `strategy.scope()`; its compiled loss and optimizer are used, and "accuracy"."""
+
+    def __init__(self, model, strategy, one_hot_labels=False, jit_compile=False):
+        self.model, self.strategy = model, strategy
+        loss_class = (keras.losses.CategoricalCrossentropy if one_hot_labels
+                      else keras.losses.SparseCategoricalCrossentropy)
+        self.per_example_loss = loss_class(reduction=None)
+        accuracy_class = (keras.metrics.CategoricalAccuracy if one_hot_labels
+                          else keras.metrics.SparseCategoricalAccuracy)
+        with strategy.scope():
+            self.loss = keras.metrics.Mean(name="loss")
+            self.accuracy = accuracy_class(name="accuracy")
+            model.optimizer.build(model.trainable_variables)
+        self._train_step = tf.function(self._replica_train_step, jit_compile=jit_compile)
+        self._test_step = tf.function(self._replica_test_step, jit_compile=jit_compile)
+
+    def _replica_train_step(self, images, labels):
+        model = self.model
+        with tf.GradientTape() as tape:
+            predictions = model(images, training=True)
+            per_example = self.per_example_loss(labels, predictions)
+            # Averaged over the global batch; weight decay counted once across replicas.
+            loss = tf.nn.compute_average_loss(per_example)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = model.optimizer.scale_loss(loss)  # loss scaling under mixed_float16
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        self.loss.update_state(per_example)
+        self.accuracy.update_state(labels, predictions)
+
+    def _replica_test_step(self, images, labels):
+        predictions = self.model(images, training=False)
+        self.loss.update_state(self.per_example_loss(labels, predictions))
+        self.accuracy.update_state(labels, predictions)
+
+    @tf.function
+    def train_step(self, batch):
+        """One step on a batch from a distributed dataset (metrics accumulate)."""
+        self.strategy.run(self._train_step, args=batch)
+
+    @tf.function
+    def _distributed_test_step(self, batch):
+        self.strategy.run(self._test_step, args=batch)
+
+    def _logs(self):
+        return {"loss": float(self.loss.result()), "accuracy": float(self.accuracy.result())}
+
+    def _reset(self):
+        self.loss.reset_state()
+        self.accuracy.reset_state()
+
+    def evaluate(self, dataset, callbacks=None):
+        """{"loss", "accuracy"} over `dataset`."""
+        self._reset()
+        if callbacks:
+            callbacks.on_test_begin()
+        for batch in self.strategy.experimental_distribute_dataset(dataset):
+            self._distributed_test_step(batch)
+        logs = self._logs()
+        if callbacks:
+            callbacks.on_test_end(logs)
+        return logs
+
+    def fit(self, train_data, test_data, epochs, callbacks, initial_epoch=0, verbose=1):
+        """Epochs `initial_epoch` .. `epochs - 1`, evaluating on `test_data` after each, with
+        fit()'s callback protocol; returns the last epoch's logs."""
+        callbacks = keras.callbacks.CallbackList(
+            callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
+            epochs=epochs, steps=int(train_data.cardinality()), model=self.model)
+        distributed = self.strategy.experimental_distribute_dataset(train_data)
+        model = self.model
+        model.stop_training = False
+        callbacks.on_train_begin()
+        epoch_logs = {}
+        for epoch in range(initial_epoch, epochs):
+            self._reset()
+            callbacks.on_epoch_begin(epoch)
+            for step, batch in enumerate(distributed):
+                callbacks.on_train_batch_begin(step)
+                self.train_step(batch)
+                callbacks.on_train_batch_end(step, self._logs())
+                if model.stop_training:
+                    break
+            epoch_logs = self._logs()
+            test_logs = self.evaluate(test_data, callbacks)
+            epoch_logs.update({f"val_{key}": value for key, value in test_logs.items()})
+            callbacks.on_epoch_end(epoch, epoch_logs)
+            if model.stop_training:
+                break
+        callbacks.on_train_end(epoch_logs)
+        return epoch_logs
+
+
+class Backup(keras.callbacks.Callback):
+    """Model and optimizer state after every finished epoch, written by the chief only (so
+    workers never race on one file) and read by every worker when a run starts again.
+
+    `restore()` returns the number of finished epochs (0 for a new run).
+    """
+
+    def __init__(self, directory, write=True):
+        super().__init__()
+        self.directory = directory
+        self.write = write
+        self.weights = os.path.join(directory, "latest.weights.h5")
+        self.state = os.path.join(directory, "state.json")
+
+    def restore(self, model):
+        if not os.path.exists(self.state):
+            return 0
+        model.load_weights(self.weights)
+        with open(self.state) as file:
+            return json.load(file)["finished_epochs"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.write or self.model.stop_training:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        temporary = self.weights.replace(".weights.h5", ".tmp.weights.h5")
+        self.model.save_weights(temporary)
+        os.replace(temporary, self.weights)
+        with open(self.state + ".tmp", "w") as file:
+            json.dump({"finished_epochs": epoch + 1}, file)
+        os.replace(self.state + ".tmp", self.state)

@@ -1,0 +1,155 @@
+"""The same recipe on one device, on two (logical CPU) devices and on two localhost workers.
+
+The commands are the README's: `--strategy mirrored` with `--cpu-replicas 2` standing in for two
+GPUs, and `--strategy multi-worker` with TF_CONFIG naming localhost ports standing in for hosts.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_fastres.callbacks import paper_learning_rate, read_history
+from keras_fastres.distribute import is_chief, make_strategy
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = str(ROOT / "recipes" / "cifar10.py")
+RECORDER = str(ROOT / "tests" / "record_weights.py")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+SMALL = ["--synthetic", "--synthetic-size", "64", "16", "--depth", "8", "--batch-size", "32",
+         "--seed", "0"]
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def tf_config(ports, index):
+    return json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def start(args, weights=None, tf_config_value=None):
+    command = [sys.executable, *([RECORDER, str(weights)] if weights else []), RECIPE, *args]
+    env = {**ENV, **({"TF_CONFIG": tf_config_value} if tf_config_value else {})}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def finish(process, timeout=300):
+    stdout, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+def weights(path, which):
+    saved = np.load(path)
+    return [saved[f"{which}_{i}"] for i in range(len(saved.files) // 2)]
+
+
+def test_mirrored_on_two_devices_matches_one_device(tmp_path):
+    single = start([*SMALL, "--epochs", "1", "--strategy", "one-device",
+                    "--output-dir", str(tmp_path / "single")], tmp_path / "single.npz")
+    finish(single)
+    mirrored = start([*SMALL, "--epochs", "1", "--strategy", "mirrored", "--cpu-replicas", "2",
+                      "--output-dir", str(tmp_path / "mirrored")], tmp_path / "mirrored.npz")
+    finish(mirrored)
+    assert json.loads((tmp_path / "mirrored" / "metrics.json").read_text())["replicas"] == 2
+    one, two = weights(tmp_path / "single.npz", "final"), weights(tmp_path / "mirrored.npz", "final")
+    start_one, start_two = (weights(tmp_path / f, "initial") for f in ("single.npz", "mirrored.npz"))
+    for a, b in zip(start_one, start_two):
+        np.testing.assert_array_equal(a, b)  # same seed, same initial weights
+    moved = max(np.max(np.abs(a - b)) for a, b in zip(one, start_one))
+    assert moved > 1e-2  # two SGD steps changed the weights ...
+    difference = max(np.max(np.abs(a - b)) for a, b in zip(one, two))
+    assert difference < 1e-4  # ... identically on one device and on two
+
+
+def test_two_localhost_workers_train_together(tmp_path):
+    ports = free_ports(2)
+    chief_dir, worker_dir = tmp_path / "chief", tmp_path / "worker"
+    args = [*SMALL, "--epochs", "2", "--strategy", "multi-worker"]
+    worker = start([*args, "--output-dir", str(worker_dir)], tmp_path / "worker.npz",
+                   tf_config(ports, 1))
+    chief = start([*args, "--output-dir", str(chief_dir)], tmp_path / "chief.npz",
+                  tf_config(ports, 0))
+    chief_out, worker_out = finish(chief), finish(worker)
+    assert f"outputs in {chief_dir}" in chief_out and "the chief wrote the outputs" in worker_out
+    for a, b in zip(weights(tmp_path / "chief.npz", "final"),
+                    weights(tmp_path / "worker.npz", "final")):
+        np.testing.assert_array_equal(a, b)
+    assert {p.name for p in chief_dir.iterdir()} >= {"history.csv", "metrics.json",
+                                                      "error_curve.png", "model.keras"}
+    assert json.loads((chief_dir / "metrics.json").read_text())["replicas"] == 2
+    assert not worker_dir.exists()  # only the chief wrote
+
+
+def test_a_killed_worker_restarted_with_the_cluster_resumes(tmp_path):
+    ports, run, epochs = free_ports(2), tmp_path / "run", 6
+    args = ["--synthetic", "--depth", "20", "--epochs", str(epochs), "--strategy",
+            "multi-worker", "--output-dir", str(run)]
+    worker, chief = start(args, tf_config_value=tf_config(ports, 1)), start(
+        args, tf_config_value=tf_config(ports, 0))
+    state = run / "backup" / "state.json"
+    deadline = time.monotonic() + 300
+    while chief.poll() is None and time.monotonic() < deadline:
+        try:
+            if json.loads(state.read_text())["finished_epochs"] >= 1:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate()
+    # The chief's collectives fail at once; it says how to continue.
+    _, chief_err = chief.communicate(timeout=120)
+    assert chief.returncode == 1 and "start every worker again" in chief_err
+    finished_before = len(read_history(run / "history.csv"))
+    assert 1 <= finished_before < epochs
+
+    worker, chief = start(args, tf_config_value=tf_config(ports, 1)), start(
+        args, tf_config_value=tf_config(ports, 0))
+    chief_out = finish(chief)
+    finish(worker)
+    assert f"Resuming {run} after epoch" in chief_out
+    rows = read_history(run / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx(
+        [paper_learning_rate(e, epochs) for e in range(epochs)])
+    assert not (run / "backup").exists()
+
+
+def test_strategy_arguments_are_checked(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+        make_strategy("multi-worker")
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        make_strategy("horovod")
+    with pytest.raises(ValueError, match="cpu_replicas is for strategy 'mirrored' only"):
+        make_strategy("auto", cpu_replicas=2)
+    assert is_chief(make_strategy("auto"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy", "mirrored", "--cpu-replicas", "2", "--jit-compile", "on"],
+     "XLA cannot compile a training step that spans several CPU replicas"),
+    (["--strategy", "mirrored", "--cpu-replicas", "2", "--jit-compile", "on", "--precision",
+      "mixed_float16"], "keras-team/keras#21366"),
+])
+def test_known_broken_combinations_are_refused(tmp_path, args, message):
+    result = subprocess.run([sys.executable, RECIPE, *SMALL, "--output-dir", str(tmp_path), *args],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 2 and message in result.stderr
