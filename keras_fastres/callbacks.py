@@ -67,8 +67,8 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 class HistoryCSV(keras.callbacks.Callback):
-    """One CSV row per epoch: epoch (1-based), loss, accuracy, test_loss, test_error,
-    learning_rate, epoch_seconds, images_per_second.
+    """One CSV row per epoch: epoch (1-based), loss (mean training cross-entropy), accuracy,
+    test_loss, test_error, learning_rate, epoch_seconds, images_per_second.
 
     The file is rewritten atomically at each epoch end, replacing any row of the same or a later
     epoch, so a run that is killed and resumed ends with exactly one row per epoch.

@@ -90,6 +90,11 @@ def check_dataset(name):
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}.")
 
 
+def mixes_labels(extra_augmentation):
+    """Whether the pipeline yields one-hot labels: MixUp and CutMix blend them."""
+    return bool({"mixup", "cutmix"} & set(extra_augmentation))
+
+
 def check_extra_augmentation(names):
     unknown = set(names) - set(EXTRA_AUGMENTATIONS)
     if unknown:
@@ -275,9 +280,8 @@ def make_dataset(split, batch_size, training, num_classes, seed=None, extra_augm
     With a seed, the order and every augmentation are reproducible; epochs still differ.
     """
     check_extra_augmentation(extra_augmentation)
-    one_hot = bool({"mixup", "cutmix"} & set(extra_augmentation))
     dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-    if one_hot:
+    if mixes_labels(extra_augmentation):
         dataset = dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
     if not training:
         return (dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))

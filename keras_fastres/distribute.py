@@ -66,7 +66,9 @@ def is_chief(strategy):
 class Trainer:
     """The compiled distributed steps of one model: train on a dataset epoch by epoch with
     callbacks, and evaluate. The model must have been built and compiled under
-    `strategy.scope()`; its compiled loss and optimizer are used, and "accuracy"."""
+    `strategy.scope()`; its optimizer is used. The loss minimised is the cross-entropy plus
+    the layers' weight-decay penalties; the "loss" reported is the mean cross-entropy alone,
+    with "accuracy"."""
 
     def __init__(self, model, strategy, one_hot_labels=False, jit_compile=False):
         self.model, self.strategy = model, strategy

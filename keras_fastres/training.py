@@ -1,4 +1,4 @@
-"""The one place that turns a configuration into a compiled model and a resumable `fit()`.
+"""The one place that turns a configuration into a compiled model and a resumable training run.
 
 A run writes into its output directory:
     history.csv      one row per epoch (callbacks.HistoryCSV)
@@ -21,7 +21,7 @@ import os
 import platform
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -107,7 +107,6 @@ def resolve_jit_compile(jit_compile):
     """XLA as asked, or by default on GPUs only: on CPUs TensorFlow's XLA convolutions were
     1.4x slower than its oneDNN graph kernels (ResNet-20 training steps, benchmark.py)."""
     if jit_compile is None:
-        import tensorflow as tf
         return bool(tf.config.list_physical_devices("GPU"))
     return jit_compile
 
@@ -125,11 +124,11 @@ def build_and_compile(config, num_classes, synchronized_batch_norm=False):
             config.depth, config.variant, num_classes=num_classes, shortcut=config.shortcut,
             drop_path_rate=config.drop_path_rate, weight_decay=config.weight_decay,
             normalization=config.dataset, synchronized_batch_norm=synchronized_batch_norm)
-        one_hot = bool({"mixup", "cutmix"} & set(config.extra_augmentation))
         model.compile(
             optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum,
                                            nesterov=True),
-            loss="categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy",
+            loss=("categorical_crossentropy" if data.mixes_labels(config.extra_augmentation)
+                  else "sparse_categorical_crossentropy"),
             metrics=["accuracy"], jit_compile=resolve_jit_compile(config.jit_compile))
     finally:
         keras.config.set_dtype_policy(previous)
@@ -167,8 +166,8 @@ def train(config):
         # moving averages stay identical.
         model = build_and_compile(config, len(data.CLASS_NAMES[config.dataset]),
                                   synchronized_batch_norm=replicas > 1)
-    one_hot = bool({"mixup", "cutmix"} & set(config.extra_augmentation))
-    trainer = distribute.Trainer(model, strategy, one_hot, jit_compile)
+    trainer = distribute.Trainer(model, strategy, data.mixes_labels(config.extra_augmentation),
+                                 jit_compile)
     cifar = data.load_cifar(config.dataset, config.source, config.data_dir,
                             synthetic_size=config.synthetic_size, seed=config.seed or 0)
     # Workers shard the global batches of one pipeline, so all of them must draw the same order.
@@ -224,19 +223,24 @@ def train(config):
         "versions": versions(),
         "device": describe_device(),
     }
-    if not chief:
-        return metrics
+    if chief:
+        write_outputs(model, config, metrics, history)
+    return metrics
+
+
+def write_outputs(model, config, metrics, history):
+    """The chief's end of a run: model, metrics, plot, export; then the backup goes, which
+    marks the run finished."""
+    run_dir = config.run_dir()
     model.save(run_dir / "model.keras")
+    if config.export:
+        metrics["export_dir"] = str(export_saved_model(model, run_dir / "export"))
+        print(f"Exported a SavedModel to {metrics['export_dir']}", flush=True)
     write_json(run_dir / "metrics.json", metrics)
     plots.plot_runs([(f"ResNet-{config.depth} {config.variant}", history)],
                     run_dir / "error_curve.png", train_error=True,
                     title=f"{config.dataset}, ResNet-{config.depth} {config.variant}")
-    if config.export:
-        metrics["export_dir"] = str(export_saved_model(model, run_dir / "export"))
-        print(f"Exported a SavedModel to {metrics['export_dir']}", flush=True)
-        write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
-    return metrics
 
 
 def write_json(path, content):

@@ -6,7 +6,7 @@ side by side in one process, with FLOPs and the fraction of the device's matmul 
     python recipes/benchmark.py --depths 110 --variants type1 \
         --precisions float32,mixed_bfloat16,mixed_float16
 
-The defaults (5 rounds x 2 steps at batch 128) keep the full default run near 5 minutes on 2
+The defaults (10 rounds x 3 steps at batch 128) keep the full default run near 5 minutes on 2
 CPU cores; on a GPU, raise --rounds and --steps for tighter medians.
 """
 
@@ -25,8 +25,8 @@ from keras_fastres.benchmark import (PRECISIONS, format_markdown, format_table, 
 DEPTHS = "20,56,110"
 VARIANTS = "preact,type1,type2,v1"
 BATCH_SIZE = 128  # the paper's
-ROUNDS = 5
-STEPS = 2
+ROUNDS = 10
+STEPS = 3
 
 
 def csv_list(convert=str):

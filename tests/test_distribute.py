@@ -10,12 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import wait_for_backup
 from keras_fastres.callbacks import paper_learning_rate, read_history
 from keras_fastres.distribute import is_chief, make_strategy
 
@@ -103,15 +103,7 @@ def test_a_killed_worker_restarted_with_the_cluster_resumes(tmp_path):
             "multi-worker", "--output-dir", str(run)]
     worker, chief = start(args, tf_config_value=tf_config(ports, 1)), start(
         args, tf_config_value=tf_config(ports, 0))
-    state = run / "backup" / "state.json"
-    deadline = time.monotonic() + 300
-    while chief.poll() is None and time.monotonic() < deadline:
-        try:
-            if json.loads(state.read_text())["finished_epochs"] >= 1:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
+    wait_for_backup(run, chief)
     worker.send_signal(signal.SIGKILL)
     worker.communicate()
     # The chief's collectives fail at once; it says how to continue.

@@ -11,7 +11,6 @@ from unittest import mock
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from keras_fastres import FastResNet, export_saved_model
 from keras_fastres.data import CLASS_NAMES

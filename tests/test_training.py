@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_cifar_archive
+from conftest import wait_for_backup, write_cifar_archive
 from keras_fastres.callbacks import HistoryCSV, paper_learning_rate, read_history
 from keras_fastres.training import TrainConfig, train
 
@@ -75,15 +75,7 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
     args = ["--synthetic", "--depth", "20", "--epochs", str(epochs), "--output-dir", str(run)]
     first = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "cifar10.py"), *args],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    metadata = run / "backup" / "state.json"
-    deadline = time.monotonic() + 300
-    while first.poll() is None and time.monotonic() < deadline:
-        try:
-            if json.loads(metadata.read_text())["finished_epochs"] >= 1:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.02)
+    wait_for_backup(run, first)
     first.send_signal(signal.SIGKILL)
     first.wait()
     finished_before_kill = len(read_history(run / "history.csv"))
