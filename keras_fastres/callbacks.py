@@ -1,6 +1,7 @@
 """The paper's learning-rate schedule, an epoch timer and a resumable history file."""
 
 import csv
+import math
 import os
 import time
 from pathlib import Path
@@ -13,8 +14,9 @@ MILESTONES = (0.5, 0.75)
 
 def paper_learning_rate(epoch, epochs=160, base_learning_rate=0.1):
     """Learning rate for a 0-based epoch: 0.1 for epochs 0-79, 0.01 for 80-119, 0.001 for
-    120-159 at 160 epochs; the milestones stay at 50% and 75% of `epochs`."""
-    decays = sum(epoch >= round(fraction * epochs) for fraction in MILESTONES)
+    120-159 at 160 epochs; the milestones stay at 50% and 75% of `epochs`, rounded up, so that
+    even a one-epoch run starts at the base rate."""
+    decays = sum(epoch >= math.ceil(fraction * epochs) for fraction in MILESTONES)
     return base_learning_rate * 0.1 ** decays
 
 

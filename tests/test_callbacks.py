@@ -21,6 +21,12 @@ def test_schedule_milestones_scale_with_epochs_and_base_rate(epoch, rate):
     assert paper_schedule(epochs=40, base_learning_rate=0.05).schedule(epoch) == pytest.approx(rate)
 
 
+def test_short_runs_start_at_the_base_rate():
+    assert paper_learning_rate(0, epochs=1) == pytest.approx(0.1)
+    assert [paper_learning_rate(e, epochs=3) for e in range(3)] == pytest.approx(
+        [0.1, 0.1, 0.01])  # milestones at ceil(1.5) = 2 and ceil(2.25) = 3
+
+
 def tiny_fit(epochs, callbacks, images=64):
     model = FastResNet(8, weight_decay=0)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",

@@ -61,13 +61,19 @@ def weights(path, which):
 
 
 def test_mirrored_on_two_devices_matches_one_device(tmp_path):
-    single = start([*SMALL, "--epochs", "1", "--strategy", "one-device",
+    single = start([*SMALL, "--epochs", "1", "--lr-scaling", "linear", "--strategy", "one-device",
                     "--output-dir", str(tmp_path / "single")], tmp_path / "single.npz")
     finish(single)
-    mirrored = start([*SMALL, "--epochs", "1", "--strategy", "mirrored", "--cpu-replicas", "2",
+    mirrored = start([*SMALL, "--epochs", "1", "--lr-scaling", "linear", "--strategy", "mirrored",
+                      "--cpu-replicas", "2",
                       "--output-dir", str(tmp_path / "mirrored")], tmp_path / "mirrored.npz")
     finish(mirrored)
-    assert json.loads((tmp_path / "mirrored" / "metrics.json").read_text())["replicas"] == 2
+    metrics = json.loads((tmp_path / "mirrored" / "metrics.json").read_text())
+    assert metrics["replicas"] == 2
+    # --lr-scaling linear: 0.1 x global batch 32 / 128, and the schedule starts from it.
+    assert metrics["learning_rate"] == pytest.approx(0.025)
+    rows = read_history(tmp_path / "mirrored" / "history.csv")
+    assert float(rows[0]["learning_rate"]) == pytest.approx(0.025)
     one, two = weights(tmp_path / "single.npz", "final"), weights(tmp_path / "mirrored.npz", "final")
     start_one, start_two = (weights(tmp_path / f, "initial") for f in ("single.npz", "mirrored.npz"))
     for a, b in zip(start_one, start_two):
