@@ -108,7 +108,7 @@ def time_steps(trainer, batches, steps):
 
 
 def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v1"),
-                  batch_size=128, rounds=5, steps=2, warmup_steps=2, precisions=("float32",),
+                  batch_size=128, rounds=10, steps=3, warmup_steps=2, precisions=("float32",),
                   jit_compile=(None,), progress=None):
     """Times every (depth, variant, precision, XLA) case interleaved; returns the report dict.
 

@@ -288,10 +288,15 @@ def make_dataset(split, batch_size, training, num_classes, seed=None, extra_augm
                 .batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
     dataset = dataset.shuffle(len(split.labels), seed=seed, reshuffle_each_iteration=True)
-    per_image = [keras.layers.RandomCrop(32, 32, seed=seed),
-                 keras.layers.RandomFlip("horizontal", seed=seed)]
+
+    def layer_seed(offset):
+        # One seed per layer, so that no two layers start from the same random stream.
+        return None if seed is None else seed + offset
+
+    per_image = [keras.layers.RandomCrop(32, 32, seed=layer_seed(1)),
+                 keras.layers.RandomFlip("horizontal", seed=layer_seed(2))]
     if "randaugment" in extra_augmentation:
-        per_image.append(keras.layers.RandAugment(value_range=(0, 255), seed=seed))
+        per_image.append(keras.layers.RandAugment(value_range=(0, 255), seed=layer_seed(3)))
 
     def augment_image(image, label):
         image = tf.pad(tf.cast(image, tf.float32), [[PAD, PAD], [PAD, PAD], [0, 0]])
@@ -302,8 +307,8 @@ def make_dataset(split, batch_size, training, num_classes, seed=None, extra_augm
     # Sequential on purpose: the Keras layers draw from one seed generator each, and parallel
     # calls would draw in a racy order, so a seed would no longer fix the augmentation.
     dataset = dataset.map(augment_image).batch(batch_size)
-    mixers = [layer(seed=seed) for key, layer in (("mixup", keras.layers.MixUp),
-                                                  ("cutmix", keras.layers.CutMix))
+    mixers = [layer(seed=layer_seed(offset)) for offset, key, layer in (
+                  (4, "mixup", keras.layers.MixUp), (5, "cutmix", keras.layers.CutMix))
               if key in extra_augmentation]
     if mixers:
         def mix(images, labels):
