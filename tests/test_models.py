@@ -217,3 +217,16 @@ def test_any_input_size_the_stages_can_halve():
 def test_bad_arguments_fail_fast_naming_the_valid_choices(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FastResNet(**{"depth": 20, **kwargs})
+
+
+def test_synchronized_batch_norm_reaches_every_bn_and_round_trips():
+    model = FastResNet(8, "v1", shortcut="B", synchronized_batch_norm=True)
+    bns = [layer for block in model.layers for layer in
+           ([block] if isinstance(block, keras.layers.BatchNormalization) else
+            [getattr(block, name) for name in ("bn1", "bn2", "projection_bn")
+             if getattr(block, name, None) is not None])]
+    assert len(bns) == 1 + 3 * 2 + 2  # stem, two per block, two projections
+    assert all(bn.synchronized for bn in bns)
+    clone = keras.Model.from_config(model.get_config())
+    assert clone.get_layer("stage2_block1").projection_bn.synchronized
+    assert not FastResNet(8).get_layer("stage1_block1").bn.synchronized
