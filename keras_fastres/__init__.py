@@ -4,7 +4,14 @@ Models take raw images `(batch, 32, 32, 3)` with pixel values in [0, 255] (norma
 layer inside the model) and return class probabilities `(batch, num_classes)`.
 """
 
-from keras_fastres.blocks import PreactBlock, ResidualBlock, Type1Block, Type2Block, V1Block
+from keras_fastres.blocks import (
+    BLOCKS,
+    PreactBlock,
+    ResidualBlock,
+    Type1Block,
+    Type2Block,
+    V1Block,
+)
 from keras_fastres.export import export_saved_model
 from keras_fastres.models import (
     FastResNet,
@@ -17,7 +24,7 @@ from keras_fastres.models import (
     FastResNet1202,
 )
 
-VARIANTS = ("v1", "preact", "type1", "type2")
+VARIANTS = tuple(BLOCKS)  # "v1", "preact", "type1", "type2"
 
 __version__ = "0.1.0"
 

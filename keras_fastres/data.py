@@ -90,6 +90,11 @@ def check_dataset(name):
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}.")
 
 
+def check_source(source):
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
+
+
 def mixes_labels(extra_augmentation):
     """Whether the pipeline yields one-hot labels: MixUp and CutMix blend them."""
     return bool({"mixup", "cutmix"} & set(extra_augmentation))
@@ -121,13 +126,12 @@ def load_cifar(name="cifar10", source="tfds", data_dir=None, download=True,
         DataUnavailableError: naming the path or name tried and how to provide the data.
     """
     check_dataset(name)
+    check_source(source)
     if source == "tfds":
         return _load_tfds(name, data_dir, download)
     if source == "archive":
         return _load_archive(name, data_dir)
-    if source == "synthetic":
-        return synthetic_cifar(name, *synthetic_size, seed=seed)
-    raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
+    return synthetic_cifar(name, *synthetic_size, seed=seed)
 
 
 def synthetic_cifar(name="cifar10", train_size=1024, test_size=256, seed=0):

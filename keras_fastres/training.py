@@ -79,8 +79,7 @@ def check_config(config):
     """The training arguments' errors, before any data is read (the model checks its own)."""
     data.check_dataset(config.dataset)
     data.check_extra_augmentation(config.extra_augmentation)
-    if config.source not in data.SOURCES:
-        raise ValueError(f"source must be one of {data.SOURCES}, got {config.source!r}.")
+    data.check_source(config.source)
     for name in ("epochs", "batch_size"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
