@@ -26,6 +26,12 @@ def paper_schedule(epochs=160, base_learning_rate=0.1):
         lambda epoch: paper_learning_rate(epoch, epochs, base_learning_rate))
 
 
+def timed_epochs(epoch_seconds):
+    """The epochs a mean time per epoch is taken over: all but the first (which also builds the
+    training graph), unless only one ran."""
+    return epoch_seconds[1:] or epoch_seconds
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Wall-clock seconds of each epoch's training steps (evaluation excluded) and images/s.
 
@@ -55,8 +61,7 @@ class EpochTimer(keras.callbacks.Callback):
 
     @property
     def timed_epochs(self):
-        """The epochs the mean is taken over: all but the first, unless only one ran."""
-        return self.epoch_seconds[1:] or self.epoch_seconds
+        return timed_epochs(self.epoch_seconds)
 
     @property
     def mean_epoch_seconds(self):

@@ -105,9 +105,8 @@ def export_saved_model(model, export_dir, version="auto"):
 
 
 def load_for_export(path):
-    """The Keras model of a recipe run directory, or of a .keras file."""
-    import keras_fastres  # noqa: F401  (registers the block layers for deserialisation)
-
+    """The Keras model of a recipe run directory, or of a .keras file. (The block layers it
+    needs are registered: importing this module imported the keras_fastres package.)"""
     path = Path(path)
     model_file = path / MODEL_FILE if path.is_dir() else path
     if not model_file.is_file():

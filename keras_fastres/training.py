@@ -200,18 +200,16 @@ def train(config):
 
     test = trainer.evaluate(test_data)
     history = callbacks.read_history(run_dir / "history.csv") if chief else []
-    if timer.epoch_seconds:
-        mean_seconds = timer.mean_epoch_seconds
-        timed_epochs = len(timer.timed_epochs)
-    else:  # resumed after the last epoch: only the history file knows the timings
-        seconds = [float(row["epoch_seconds"]) for row in history[1:] or history] or [math.nan]
-        mean_seconds, timed_epochs = sum(seconds) / len(seconds), len(seconds)
+    # Resumed after the last epoch, this process timed nothing: the history file has the times.
+    seconds = timer.epoch_seconds or [float(row["epoch_seconds"]) for row in history]
+    timed = callbacks.timed_epochs(seconds) or [math.nan]
+    mean_seconds = sum(timed) / len(timed)
     metrics = {
         "test_error": 1.0 - test["accuracy"],
         "test_loss": test["loss"],
         "mean_epoch_seconds": mean_seconds,
         "images_per_second": len(cifar.train.labels) / mean_seconds,
-        "timed_epochs": timed_epochs,
+        "timed_epochs": len(timed),
         "train_images": len(cifar.train.labels),
         "test_images": len(cifar.test.labels),
         "parameters": model.count_params(),
@@ -249,7 +247,6 @@ def write_json(path, content):
 
 
 def versions():
-    import tensorflow as tf
     import tensorflow_datasets as tfds
     import keras_fastres
     return {"keras_fastres": keras_fastres.__version__, "keras": keras.__version__,
@@ -259,7 +256,6 @@ def versions():
 
 def describe_device():
     """The accelerators TensorFlow sees, or the CPU model and core count."""
-    import tensorflow as tf
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         names = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
