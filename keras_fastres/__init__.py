@@ -4,6 +4,7 @@ Models take raw images `(batch, 32, 32, 3)` with pixel values in [0, 255] (norma
 layer inside the model) and return class probabilities `(batch, num_classes)`.
 """
 
+from keras_fastres.batch_norm import BatchNorm
 from keras_fastres.blocks import (
     BLOCKS,
     PreactBlock,
@@ -33,4 +34,5 @@ __all__ = [
     "FastResNet110", "FastResNet668", "FastResNet1202",
     "export_saved_model",
     "ResidualBlock", "V1Block", "PreactBlock", "Type1Block", "Type2Block", "VARIANTS",
+    "BatchNorm",
 ]

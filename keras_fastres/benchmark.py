@@ -1,9 +1,10 @@
 """Training speed of the block variants side by side, their FLOPs, and the device's peak.
 
 Every model is built in one process and warmed up; then training steps (forward, backward,
-SGD update: the recipes' own distributed training step, `distribute.Trainer`) are timed round
-by round, each round visiting every model once, so that a noisy machine slows all of them alike.
-The reported step time is the median over rounds.
+SGD update) are timed round by round, each round visiting every model once, so that a noisy
+machine slows all of them alike. The reported step time is the median over rounds. On the
+TensorFlow backend the step is the recipes' own (`distribute.Trainer`); on JAX and PyTorch it
+is Keras's own train step (`train_on_batch`), so that the backends can be compared.
 """
 
 import itertools
@@ -16,13 +17,15 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from keras_fastres import blocks, models
+from keras import ops
+
+from keras_fastres import batch_norm, blocks, models
 from keras_fastres.distribute import Trainer, make_strategy
 from keras_fastres.training import (PRECISIONS, TrainConfig, build_and_compile, describe_device,
                                    resolve_jit_compile)
 
-COMPUTE_DTYPES = {"float32": tf.float32, "mixed_float16": tf.float16,
-                  "mixed_bfloat16": tf.bfloat16}
+COMPUTE_DTYPES = {"float32": "float32", "mixed_float16": "float16",
+                  "mixed_bfloat16": "bfloat16"}
 EPOCH_IMAGES = 50_000  # one CIFAR training epoch
 # A training step does the forward convolution and dense work three times over: forward,
 # gradient with respect to the input, gradient with respect to the weights.
@@ -35,10 +38,11 @@ class Case:
     variant: str
     precision: str = "float32"
     jit_compile: bool = False
+    batch_norm: str = "fused"
 
     @property
     def label(self):
-        return (f"ResNet-{self.depth} {self.variant} {self.precision}"
+        return (f"ResNet-{self.depth} {self.variant} {self.precision} {self.batch_norm} BN"
                 f"{' XLA' if self.jit_compile else ''}")
 
 
@@ -66,53 +70,76 @@ def train_flops_per_image(model):
 
 
 def matmul_peak(precision="float32", size=2048, rounds=5, repeats=4):
-    """GFLOP/s of large square matmuls in the precision's compute dtype, on this device."""
+    """GFLOP/s of large square matmuls in the precision's compute dtype, on this backend and
+    device."""
     dtype = COMPUTE_DTYPES[precision]
     # Entries in [0, 1/size): each product keeps values bounded. The products are chained so
-    # that no graph optimisation can merge or skip them.
-    a = tf.cast(tf.random.uniform((size, size)), dtype)
-    b = tf.cast(tf.random.uniform((size, size)) / size, dtype)
+    # that none can be merged or skipped.
+    a = ops.cast(keras.random.uniform((size, size), seed=1), dtype)
+    b = ops.cast(keras.random.uniform((size, size), seed=2) / size, dtype)
 
-    @tf.function
     def products():
         x = a
         for _ in range(repeats):
-            x = tf.matmul(x, b)
-        return tf.reduce_sum(tf.cast(x, tf.float32))
+            x = ops.matmul(x, b)
+        return float(ops.convert_to_numpy(ops.sum(ops.cast(x, "float32"))))
 
-    products().numpy()  # trace and warm up
+    products()  # warm up
     seconds = []
     for _ in range(rounds):
         start = time.perf_counter()
-        products().numpy()
+        products()
         seconds.append(time.perf_counter() - start)
     return 2 * size ** 3 * repeats / statistics.median(seconds) / 1e9
 
 
-def build(case, strategy, num_classes=10):
-    """The case's Trainer, built by the recipes' own code."""
+def on_tensorflow():
+    return keras.backend.backend() == "tensorflow"
+
+
+def build(case, num_classes=10):
+    """The case's model, built and compiled by the recipes' own code."""
     config = TrainConfig(depth=case.depth, variant=case.variant, precision=case.precision,
-                         jit_compile=case.jit_compile)
-    with strategy.scope():
-        model = build_and_compile(config, num_classes)
-    return Trainer(model, strategy, jit_compile=case.jit_compile)
+                         jit_compile=case.jit_compile, batch_norm=case.batch_norm)
+    return build_and_compile(config, num_classes)
 
 
-def time_steps(trainer, batches, steps):
-    """Seconds per training step, over `steps` steps from the distributed iterator."""
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(next(batches))
-    float(trainer.loss.result())  # waits for the last step
-    return (time.perf_counter() - start) / steps
+class TrainSteps:
+    """Runs and times training steps of one model on one batch, again and again: the recipes'
+    `distribute.Trainer` on TensorFlow, Keras's `train_on_batch` on the other backends."""
+
+    def __init__(self, case, images, labels):
+        if on_tensorflow():
+            strategy = make_strategy("auto")
+            with strategy.scope():
+                self.model = build(case)
+            trainer = Trainer(self.model, strategy, jit_compile=case.jit_compile)
+            batches = iter(strategy.experimental_distribute_dataset(
+                tf.data.Dataset.from_tensors((images, labels)).repeat()))
+            self._step = lambda: trainer.train_step(next(batches))
+            self._wait = lambda: float(trainer.loss.result())
+        else:
+            self.model = build(case)
+            self._step = lambda: self.model.train_on_batch(images, labels)
+            self._wait = lambda: None  # train_on_batch returns its logs as numbers
+
+    def time(self, steps):
+        """Seconds per training step, over `steps` steps."""
+        start = time.perf_counter()
+        for _ in range(steps):
+            self._step()
+        self._wait()
+        return (time.perf_counter() - start) / steps
 
 
 def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v1"),
                   batch_size=128, rounds=10, steps=3, warmup_steps=2, precisions=("float32",),
-                  jit_compile=(None,), progress=None):
-    """Times every (depth, variant, precision, XLA) case interleaved; returns the report dict.
+                  jit_compile=(None,), batch_norms=("auto",), progress=None):
+    """Times every (depth, variant, precision, XLA, BN) case interleaved; returns the report.
 
-    `jit_compile` holds True, False and/or None (as the recipes choose: XLA on GPUs only).
+    `jit_compile` holds True, False and/or None (as the recipes choose: XLA on GPUs only; on
+    JAX and PyTorch, None is Keras's own default). `batch_norms` holds "auto", "fused" and/or
+    "keras" (see `keras_fastres.batch_norm`); results name the one that ran.
     `progress`, if given, is called with a one-line status while the benchmark runs.
     """
     for depth in depths:
@@ -123,20 +150,21 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise ValueError(f"precisions must be taken from {PRECISIONS}, got {unknown}.")
+    for implementation in batch_norms:
+        batch_norm.check_implementation(implementation)
     for name, value in (("batch_size", batch_size), ("rounds", rounds), ("steps", steps)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     progress = progress or (lambda message: None)
-    cases = [Case(*values) for values in
-             itertools.product(depths, variants, precisions,
-                               sorted({resolve_jit_compile(j) for j in jit_compile}))]
+    if on_tensorflow():
+        jit_compile = sorted({resolve_jit_compile(j) for j in jit_compile})
+    cases = [Case(*values) for values in itertools.product(
+        depths, variants, precisions, jit_compile,
+        sorted({batch_norm.resolve(b) for b in batch_norms}, reverse=True))]
 
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch_size, 32, 32, 3)).astype("float32")
     labels = rng.integers(0, 10, batch_size)
-    strategy = make_strategy("auto")
-    batches = iter(strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors((images, labels)).repeat()))
     peaks = {}
     for precision in precisions:
         progress(f"measuring the {precision} matmul peak")
@@ -145,14 +173,14 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
     built = {}
     for index, case in enumerate(cases, 1):
         progress(f"building and warming up {index}/{len(cases)}: {case.label}")
-        built[case] = build(case, strategy)
-        time_steps(built[case], batches, warmup_steps)
+        built[case] = TrainSteps(case, images, labels)
+        built[case].time(warmup_steps)
 
     seconds = {case: [] for case in cases}
     for round_index in range(1, rounds + 1):
         for index, case in enumerate(cases, 1):
             progress(f"round {round_index}/{rounds}, {index}/{len(cases)}: {case.label}")
-            seconds[case].append(time_steps(built[case], batches, steps))
+            seconds[case].append(built[case].time(steps))
 
     results = []
     for case in cases:
@@ -160,7 +188,7 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
         flops = train_flops_per_image(built[case].model)
         results.append({
             "depth": case.depth, "variant": case.variant, "precision": case.precision,
-            "jit_compile": case.jit_compile,
+            "jit_compile": case.jit_compile, "batch_norm": case.batch_norm,
             "step_seconds": step,
             "step_seconds_per_round": seconds[case],
             "images_per_second": batch_size / step,
@@ -171,16 +199,18 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
         })
     for result in results:
         baseline = next((r for r in results if r["variant"] == "preact" and all(
-            r[k] == result[k] for k in ("depth", "precision", "jit_compile"))), None)
+            r[k] == result[k] for k in ("depth", "precision", "jit_compile", "batch_norm"))),
+            None)
         result["ratio_to_preact"] = (result["step_seconds"] / baseline["step_seconds"]
                                      if baseline else None)
-    return {"device": describe_device(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "batch_size": batch_size, "rounds": rounds,
+    return {"device": describe_device(), "backend": keras.backend.backend(),
+            "tensorflow": tf.__version__, "keras": keras.__version__, "batch_size": batch_size, "rounds": rounds,
             "steps_per_round": steps, "matmul_peak_gflops": peaks, "results": results}
 
 
 COLUMNS = (("depth", "depth", "{}"), ("variant", "variant", "{}"),
-           ("precision", "precision", "{}"), ("XLA", "jit_compile", "{}"),
+           ("precision", "precision", "{}"), ("BN", "batch_norm", "{}"),
+           ("XLA", "jit_compile", "{}"),
            ("step ms", "step_seconds", "{:.1f}"), ("images/s", "images_per_second", "{:.0f}"),
            ("s/epoch", "epoch_seconds", "{:.1f}"), ("vs preact", "ratio_to_preact", "{:.3f}"),
            ("GFLOP/img", "train_gflop_per_image", "{:.3f}"),
@@ -216,7 +246,8 @@ def format_markdown(report):
 
 def _summary(report):
     peaks = ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in report["matmul_peak_gflops"].items())
-    return (f"{report['device']}; TensorFlow {report['tensorflow']}, Keras {report['keras']}; "
+    return (f"{report['device']}; Keras {report['keras']} on {report['backend']}, TensorFlow "
+            f"{report['tensorflow']}; "
             f"batch {report['batch_size']}, median of {report['rounds']} rounds x "
             f"{report['steps_per_round']} steps; matmul peak: {peaks}")
 

@@ -16,19 +16,9 @@ input X, exactly as the paper's equations write it.
 import keras
 from keras import layers, ops
 
+from keras_fastres.batch_norm import bn_layer, check_implementation
+
 SHORTCUTS = ("A", "B")
-
-# Momentum and epsilon of the reference CIFAR ResNets (Torch defaults 0.1 and 1e-5), not Keras's.
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-
-
-def batch_norm(name, synchronized=False, dtype=None):
-    """BatchNormalization with the reference networks' momentum and epsilon. `synchronized`
-    computes the batch statistics over all replicas of a tf.distribute strategy (TensorFlow
-    backend only), so that several devices train as one device with the global batch would."""
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                     synchronized=synchronized, dtype=dtype, name=name)
 
 
 def kernel_regularizer(weight_decay):
@@ -49,14 +39,17 @@ class ResidualBlock(layers.Layer):
         weight_decay: coefficient of the L2 penalty on the convolution kernels, as the
             gradient term `weight_decay * w`.
         synchronized_batch_norm: batch statistics over all replicas of a distribution strategy
-            (see `batch_norm`); False by default.
+            (see `batch_norm.bn_layer`); False by default.
+        batch_norm: "auto" (TensorFlow's fused kernel where it runs, the default), "fused" or
+            "keras" (see `keras_fastres.batch_norm`).
 
     Input `(batch, H, W, C)`; output `(batch, ceil(H / strides), ceil(W / strides), filters)`.
     """
 
     def __init__(self, filters, strides=1, shortcut="A", drop_path_rate=0.0,
-                 weight_decay=1e-4, synchronized_batch_norm=False, **kwargs):
+                 weight_decay=1e-4, synchronized_batch_norm=False, batch_norm="auto", **kwargs):
         super().__init__(**kwargs)
+        check_implementation(batch_norm)
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}.")
         if strides not in (1, 2):
@@ -69,6 +62,7 @@ class ResidualBlock(layers.Layer):
         self.drop_path_rate = drop_path_rate
         self.weight_decay = weight_decay
         self.synchronized_batch_norm = synchronized_batch_norm
+        self.batch_norm = batch_norm
         if drop_path_rate > 0:
             self.seed_generator = keras.random.SeedGenerator()
 
@@ -79,8 +73,8 @@ class ResidualBlock(layers.Layer):
             kernel_regularizer=kernel_regularizer(self.weight_decay),
             dtype=self.dtype_policy, name=name)
 
-    def batch_norm(self, name):
-        return batch_norm(name, self.synchronized_batch_norm, self.dtype_policy)
+    def norm(self, name):
+        return bn_layer(name, self.batch_norm, self.synchronized_batch_norm, self.dtype_policy)
 
     def build(self, input_shape):
         self.projection = None
@@ -90,7 +84,7 @@ class ResidualBlock(layers.Layer):
             self.projection = self.conv("projection", kernel_size=1, strides=self.strides)
             self.projection.build(input_shape)
             if self.normalised_sum:
-                self.projection_bn = self.batch_norm("projection_bn")
+                self.projection_bn = self.norm("projection_bn")
                 self.projection_bn.build(self.projection.compute_output_shape(input_shape))
         elif changes_shape and input_shape[-1] > self.filters:
             raise ValueError(
@@ -126,7 +120,8 @@ class ResidualBlock(layers.Layer):
         config = super().get_config()
         config.update(filters=self.filters, strides=self.strides, shortcut=self.shortcut,
                       drop_path_rate=self.drop_path_rate, weight_decay=self.weight_decay,
-                      synchronized_batch_norm=self.synchronized_batch_norm)
+                      synchronized_batch_norm=self.synchronized_batch_norm,
+                      batch_norm=self.batch_norm)
         return config
 
 
@@ -148,9 +143,9 @@ class V1Block(ResidualBlock):
     def build(self, input_shape):
         super().build(input_shape)
         self.conv1 = self.conv("conv1", strides=self.strides)
-        self.bn1 = self.batch_norm("bn1")
+        self.bn1 = self.norm("bn1")
         self.conv2 = self.conv("conv2")
-        self.bn2 = self.batch_norm("bn2")
+        self.bn2 = self.norm("bn2")
         _build_chain([self.conv1, self.bn1, self.conv2, self.bn2], input_shape)
 
     def call(self, x, training=None):
@@ -168,9 +163,9 @@ class PreactBlock(ResidualBlock):
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.bn1 = self.batch_norm("bn1")
+        self.bn1 = self.norm("bn1")
         self.conv1 = self.conv("conv1", strides=self.strides)
-        self.bn2 = self.batch_norm("bn2")
+        self.bn2 = self.norm("bn2")
         self.conv2 = self.conv("conv2")
         _build_chain([self.bn1, self.conv1, self.bn2, self.conv2], input_shape)
 
@@ -189,7 +184,7 @@ class Type1Block(ResidualBlock):
     def build(self, input_shape):
         super().build(input_shape)
         self.conv1 = self.conv("conv1", strides=self.strides)
-        self.bn = self.batch_norm("bn")
+        self.bn = self.norm("bn")
         self.conv2 = self.conv("conv2")
         _build_chain([self.conv1, self.bn, self.conv2], input_shape)
 
@@ -206,7 +201,7 @@ class Type2Block(ResidualBlock):
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.bn = self.batch_norm("bn")
+        self.bn = self.norm("bn")
         self.conv1 = self.conv("conv1", strides=self.strides)
         self.conv2 = self.conv("conv2")
         _build_chain([self.bn, self.conv1, self.conv2], input_shape)

@@ -21,6 +21,17 @@ import tensorflow as tf
 MODEL_FILE = "model.keras"  # what the recipes save at the end of a run
 
 
+def require_tensorflow_backend(what):
+    """A ValueError naming the backend when Keras does not run on TensorFlow: the recipes
+    (tf.distribute, tf.data) and the SavedModel export need it; the models do not."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ValueError(
+            f"{what} needs Keras's TensorFlow backend, and KERAS_BACKEND selects {backend!r}. "
+            f"Run it with KERAS_BACKEND=tensorflow (the models themselves build, train and load "
+            f"on every backend).")
+
+
 def _probabilities_fn(model):
     """Class probabilities of `model` on float pixels, whatever its last activation."""
     activation = getattr(model.layers[-1], "activation", None)
@@ -55,6 +66,7 @@ def export_saved_model(model, export_dir, version="auto"):
     written into a hidden temporary sibling and renamed into place only when complete, so an
     error or a crash leaves no half-written model where a server looks.
     """
+    require_tensorflow_backend("SavedModel export")
     height, width, channels = model.input_shape[1:]
     if channels != 3 or height is None or width is None:
         raise ValueError(f"export needs a model with a fixed (H, W, 3) input; got input shape "
@@ -128,6 +140,7 @@ def main(argv=None):
                         help="version number (default: the next free one)")
     args = parser.parse_args(argv)
     try:
+        require_tensorflow_backend("Export")
         model = load_for_export(args.model)
         target = export_saved_model(model, args.export_dir, args.version or "auto")
     except (OSError, ValueError) as error:

@@ -14,7 +14,8 @@ Depth counts the convolutions on the longest path: 6n + 2.
 import keras
 from keras import layers
 
-from keras_fastres.blocks import BLOCKS, SHORTCUTS, batch_norm, kernel_regularizer
+from keras_fastres.batch_norm import bn_layer, check_implementation
+from keras_fastres.blocks import BLOCKS, SHORTCUTS, kernel_regularizer
 
 STAGE_FILTERS = (16, 32, 64)
 
@@ -83,7 +84,7 @@ def _check_input_shape(input_shape, channels):
 def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 3),
                shortcut="A", drop_path_rate=0.0, include_top=True, weight_decay=1e-4,
                normalization="auto", classifier_activation="softmax",
-               synchronized_batch_norm=False, name=None):
+               synchronized_batch_norm=False, batch_norm="auto", name=None):
     """A CIFAR residual network of the paper "Simplified residual structure and fast deep
     residual networks".
 
@@ -114,6 +115,11 @@ def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 
             tf.distribute strategy (TensorFlow backend only), so that training on several
             devices matches one device with the same global batch. Off by default; the recipes
             turn it on when they train on more than one replica.
+        batch_norm: which BatchNormalization computes: "auto" (default) runs TensorFlow's
+            fused kernel (FusedBatchNormV3) on the TensorFlow backend and Keras's layer on the
+            others; "fused" is the same but raises on a backend without it; "keras" always
+            runs Keras's layer. Same variables either way, so a model saved with one loads and
+            runs with the other and on every backend. Synchronized BN always runs Keras's.
         name: model name; default "resnet{depth}_{variant}".
 
     Returns:
@@ -128,6 +134,7 @@ def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+    check_implementation(batch_norm)
     stats = _normalization_stats(normalization, num_classes)
     _check_input_shape(input_shape, None if stats is None else len(stats[0]))
 
@@ -140,7 +147,7 @@ def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 
                       kernel_initializer="he_normal",
                       kernel_regularizer=kernel_regularizer(weight_decay), name="stem_conv")(x)
     if variant == "v1":
-        x = batch_norm("stem_bn", synchronized_batch_norm)(x)
+        x = bn_layer("stem_bn", batch_norm, synchronized_batch_norm)(x)
         x = layers.ReLU(name="stem_relu")(x)
 
     block = BLOCKS[variant]
@@ -151,10 +158,11 @@ def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 
             x = block(filters, strides=2 if stage > 0 and index == 0 else 1, shortcut=shortcut,
                       drop_path_rate=drop_path_rate * block_number / total_blocks,
                       weight_decay=weight_decay, synchronized_batch_norm=synchronized_batch_norm,
+                      batch_norm=batch_norm,
                       name=f"stage{stage + 1}_block{index + 1}")(x)
 
     if variant != "v1":
-        x = batch_norm("final_bn", synchronized_batch_norm)(x)
+        x = bn_layer("final_bn", batch_norm, synchronized_batch_norm)(x)
         x = layers.ReLU(name="final_relu")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

@@ -28,8 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fastres import callbacks, data, distribute, models, plots
-from keras_fastres.export import export_saved_model
+from keras_fastres import batch_norm, callbacks, data, distribute, models, plots
+from keras_fastres.export import export_saved_model, require_tensorflow_backend
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PAPER_BATCH_SIZE = 128  # the reference for --lr-scaling linear
@@ -56,6 +56,7 @@ class TrainConfig:
     output_dir: str | None = None
     export: bool = False
     precision: str = "float32"  # or "mixed_float16" (with loss scaling), "mixed_bfloat16"
+    batch_norm: str = "auto"  # "auto": TensorFlow's fused kernel (batch_norm.py), or "keras"
     jit_compile: bool | None = None  # None: XLA on GPUs, off on CPUs (slower there, measured)
     strategy: str = "auto"  # see distribute.make_strategy
     cpu_replicas: int | None = None  # "mirrored" over that many logical CPU devices
@@ -77,9 +78,11 @@ class RunFailed(RuntimeError):
 
 def check_config(config):
     """The training arguments' errors, before any data is read (the model checks its own)."""
+    require_tensorflow_backend("Training with the recipes")
     data.check_dataset(config.dataset)
     data.check_extra_augmentation(config.extra_augmentation)
     data.check_source(config.source)
+    batch_norm.check_implementation(config.batch_norm)
     for name in ("epochs", "batch_size"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -122,7 +125,8 @@ def build_and_compile(config, num_classes, synchronized_batch_norm=False):
         model = models.FastResNet(
             config.depth, config.variant, num_classes=num_classes, shortcut=config.shortcut,
             drop_path_rate=config.drop_path_rate, weight_decay=config.weight_decay,
-            normalization=config.dataset, synchronized_batch_norm=synchronized_batch_norm)
+            normalization=config.dataset, synchronized_batch_norm=synchronized_batch_norm,
+            batch_norm=config.batch_norm)
         model.compile(
             optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum,
                                            nesterov=True),
@@ -288,6 +292,9 @@ def parse_args(defaults, argv=None):
                         default=list(defaults.extra_augmentation),
                         help="beyond the paper's crop and flip")
     parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
+    parser.add_argument("--batch-norm", choices=batch_norm.IMPLEMENTATIONS,
+                        default=defaults.batch_norm,
+                        help="auto: TensorFlow's fused kernel; keras: Keras's layer")
     parser.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
                         help="XLA; auto: on with GPUs, off on CPUs")
     parser.add_argument("--strategy", choices=distribute.STRATEGIES, default=defaults.strategy,
@@ -321,6 +328,7 @@ def parse_args(defaults, argv=None):
         drop_path_rate=args.drop_path_rate, extra_augmentation=tuple(args.extra_augmentation),
         source="synthetic" if args.synthetic else args.source, data_dir=args.data_dir,
         synthetic_size=tuple(args.synthetic_size), precision=args.precision,
+        batch_norm=args.batch_norm,
         jit_compile={"auto": None, "on": True, "off": False}[args.jit_compile],
         strategy=args.strategy, cpu_replicas=args.cpu_replicas,
         lr_scaling=None if args.lr_scaling == "none" else args.lr_scaling,

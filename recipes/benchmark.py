@@ -3,9 +3,12 @@ side by side in one process, with FLOPs and the fraction of the device's matmul 
 
     python recipes/benchmark.py                                   # the README's table
     python recipes/benchmark.py --depths 20 --variants preact,type1 --json out.json
+    python recipes/benchmark.py --depths 110 --variants preact,type1 --batch-norm keras,fused
     python recipes/benchmark.py --depths 110 --variants type1 \
         --precisions float32,mixed_bfloat16,mixed_float16
+    KERAS_BACKEND=jax python recipes/benchmark.py --depths 20 --variants type1
 
+Under KERAS_BACKEND=jax or torch the models train with Keras's own train step on that backend.
 The defaults (10 rounds x 3 steps at batch 128) keep the full default run near 5 minutes on 2
 CPU cores; on a GPU, raise --rounds and --steps for tighter medians.
 """
@@ -19,8 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: q
 
 import tensorflow as tf  # noqa: E402
 
-from keras_fastres.benchmark import (PRECISIONS, format_markdown, format_table, print_progress,
-                                     run_benchmark)
+from keras_fastres.batch_norm import IMPLEMENTATIONS  # noqa: E402
+from keras_fastres.benchmark import (PRECISIONS, format_markdown, format_table,  # noqa: E402
+                                     print_progress, run_benchmark)
 
 DEPTHS = "20,56,110"
 VARIANTS = "preact,type1,type2,v1"
@@ -43,6 +47,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=STEPS, help="timed steps per round")
     parser.add_argument("--precisions", type=csv_list(), default="float32",
                         help=f"any of {','.join(PRECISIONS)}")
+    parser.add_argument("--batch-norm", type=csv_list(), default="auto",
+                        help=f"any of {','.join(IMPLEMENTATIONS)}; auto: the models' default "
+                             f"(TensorFlow's fused kernel on TensorFlow, Keras's elsewhere)")
     parser.add_argument("--jit-compile", choices=("auto", "on", "off", "both"), default="auto",
                         help="XLA; auto: as the recipes (on with GPUs, off on CPUs)")
     parser.add_argument("--json", metavar="FILE", help="write the full report as JSON")
@@ -51,12 +58,13 @@ def main(argv=None):
     tf.get_logger().setLevel("ERROR")  # one traced train function per model is expected
     jit = {"auto": [None], "on": [True], "off": [False], "both": [False, True]}[args.jit_compile]
     print(f"Benchmarking depths {args.depths}, variants {args.variants}, precisions "
-          f"{args.precisions}, XLA {args.jit_compile}: batch {args.batch_size}, "
+          f"{args.precisions}, BN {args.batch_norm}, XLA {args.jit_compile}: "
+          f"batch {args.batch_size}, "
           f"{args.rounds} rounds x {args.steps} timed steps per model.", file=sys.stderr)
     try:
         report = run_benchmark(args.depths, args.variants, args.batch_size, args.rounds,
                                args.steps, precisions=args.precisions, jit_compile=jit,
-                               progress=print_progress)
+                               batch_norms=args.batch_norm, progress=print_progress)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

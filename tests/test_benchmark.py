@@ -63,6 +63,7 @@ def test_tiny_benchmark_report_fields_and_arithmetic():
         assert result["achieved_gflops"] == pytest.approx(flops * 4 / step / 1e9)
         assert result["peak_fraction"] == pytest.approx(result["achieved_gflops"] / peak)
         assert result["precision"] == "float32" and result["jit_compile"] is False  # CPU
+        assert result["batch_norm"] == "fused"  # "auto" on TensorFlow
     assert results["preact"]["ratio_to_preact"] == 1.0
     assert results["type1"]["ratio_to_preact"] == pytest.approx(
         results["type1"]["step_seconds"] / results["preact"]["step_seconds"])
@@ -71,6 +72,20 @@ def test_tiny_benchmark_report_fields_and_arithmetic():
     for text in (table, markdown):
         assert "type1" in text and "preact" in text and "GFLOP/s" in text
     assert markdown.count("\n| ") == 3  # header and two rows
+
+
+def test_both_batch_norms_side_by_side_each_with_its_own_baseline():
+    report = run_benchmark(depths=(8,), variants=("preact", "type1"), batch_size=2, rounds=1,
+                           steps=1, warmup_steps=1, batch_norms=("keras", "fused", "auto"))
+    results = {(r["variant"], r["batch_norm"]): r for r in report["results"]}
+    assert set(results) == {(v, b) for v in ("preact", "type1") for b in ("keras", "fused")}
+    for implementation in ("keras", "fused"):
+        preact, type1 = results["preact", implementation], results["type1", implementation]
+        assert preact["ratio_to_preact"] == 1.0
+        assert type1["ratio_to_preact"] == pytest.approx(
+            type1["step_seconds"] / preact["step_seconds"])
+    assert report["backend"] == "tensorflow"
+    assert "keras" in format_table(report) and "fused" in format_table(report)
 
 
 def test_ratio_is_missing_without_a_preact_baseline():
@@ -85,6 +100,7 @@ def test_ratio_is_missing_without_a_preact_baseline():
     ({"precisions": ("float8",)}, "precisions must be taken from"),
     ({"depths": (21,)}, r"6n \+ 2"),
     ({"rounds": 0}, "rounds must be a positive integer"),
+    ({"batch_norms": ("cudnn",)}, r"batch_norm must be one of \('auto', 'fused', 'keras'\)"),
 ])
 def test_bad_benchmark_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -95,11 +111,13 @@ def test_benchmark_recipe_writes_json(tmp_path):
     out = tmp_path / "out.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "benchmark.py"), "--depths", "8", "--variants",
-         "preact,type1", "--batch-size", "2", "--rounds", "1", "--steps", "1", "--json", str(out)],
+         "preact,type1", "--batch-size", "2", "--rounds", "1", "--steps", "1",
+         "--batch-norm", "keras,fused", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr
     assert "round 1/1" in result.stderr  # progress
     report = json.loads(out.read_text())
-    assert [r["variant"] for r in report["results"]] == ["preact", "type1"]
+    assert [(r["variant"], r["batch_norm"]) for r in report["results"]] == [
+        ("preact", "keras"), ("preact", "fused"), ("type1", "keras"), ("type1", "fused")]
     assert "vs preact" in result.stdout

@@ -12,6 +12,11 @@ def relu(x):
     return ops.relu(x)
 
 
+def numpy(x):
+    """NumPy values of a layer's output on any backend (PyTorch's carry gradients)."""
+    return ops.convert_to_numpy(x)
+
+
 # The paper's equations, written with the block's own sublayers in inference mode.
 EQUATIONS = {
     "v1": lambda b, x, s: relu(s + b.bn2(b.conv2(relu(b.bn1(b.conv1(x)))))),
@@ -40,11 +45,12 @@ def test_block_computes_the_papers_equation(variant):
     block = BLOCKS[variant](16)
     block.build(x.shape)
     randomise_batch_norms(block, rng)
-    expected = EQUATIONS[variant](block, x, x)
-    np.testing.assert_allclose(block(x, training=False), expected, rtol=1e-5, atol=1e-5)
+    x = ops.convert_to_tensor(x)
+    expected = numpy(EQUATIONS[variant](block, x, x))
+    np.testing.assert_allclose(numpy(block(x, training=False)), expected, rtol=1e-5, atol=1e-5)
     # The sibling variant's equation on the same sublayers gives something else.
-    sibling = EQUATIONS[SIBLING[variant]](block, x, x)
-    assert not np.allclose(block(x, training=False), sibling, atol=1e-3)
+    sibling = numpy(EQUATIONS[SIBLING[variant]](block, x, x))
+    assert not np.allclose(numpy(block(x, training=False)), sibling, atol=1e-3)
 
 
 def test_option_a_shortcut_subsamples_and_zero_pads():
@@ -52,7 +58,7 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
     block = Type1Block(32, strides=2, shortcut="A")
     block.build(x.shape)
     block.conv2.kernel.assign(np.zeros(block.conv2.kernel.shape, "float32"))
-    y = np.asarray(block(x, training=False))
+    y = numpy(block(x, training=False))
     assert y.shape == (2, 4, 4, 32)
     np.testing.assert_array_equal(y[..., :16], x[:, ::2, ::2, :])
     np.testing.assert_array_equal(y[..., 16:], 0.0)
@@ -96,18 +102,19 @@ def test_drop_path_drops_whole_residual_branches_per_sample():
     x = rng.normal(size=(64, 4, 4, 16)).astype("float32")
     block = Type1Block(16, drop_path_rate=0.5)
     block.build(x.shape)
-    residual = np.asarray(block(x, training=True)) - x
+    residual = numpy(block(x, training=True)) - x
     # Each sample's branch is dropped (0) or kept and scaled by 1 / (1 - 0.5). BN uses batch
     # statistics in training, so the kept branch is the equation's branch in training mode.
-    branch = np.asarray(block.conv2(relu(block.bn(block.conv1(x), training=True))))
+    branch = numpy(block.conv2(relu(block.bn(block.conv1(x), training=True))))
     dropped = np.all(np.abs(residual) < 1e-6, axis=(1, 2, 3))
     kept = np.all(np.abs(residual - 2.0 * branch) < 1e-4, axis=(1, 2, 3))
     assert np.all(dropped | kept)
     assert 10 < dropped.sum() < 54  # about half of 64 samples
     # Inference is the deterministic full block, the same on every call.
-    first, second = block(x, training=False), block(x, training=False)
+    first, second = numpy(block(x, training=False)), numpy(block(x, training=False))
     np.testing.assert_array_equal(first, second)
-    np.testing.assert_allclose(first, EQUATIONS["type1"](block, x, x), atol=1e-5)
+    x = ops.convert_to_tensor(x)
+    np.testing.assert_allclose(first, numpy(EQUATIONS["type1"](block, x, x)), atol=1e-5)
 
 
 def test_block_arguments_are_checked():

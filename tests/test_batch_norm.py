@@ -1,0 +1,195 @@
+"""The package's BatchNorm: TensorFlow's fused kernel and Keras's layer compute the same thing on
+the same variables; "auto" picks the fused one on TensorFlow only. Runs on every backend."""
+
+import numpy as np
+import pytest
+import keras
+
+from keras_fastres import FastResNet
+from keras_fastres.batch_norm import BN_MOMENTUM, BatchNorm, bn_layer, resolve
+
+VARIANTS = ("v1", "preact", "type1", "type2")
+ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
+tensorflow_only = pytest.mark.skipif(not ON_TENSORFLOW, reason="the fused kernel is TensorFlow's")
+
+
+def _images(batch=16, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (batch, 32, 32, 3)).astype("float32")
+
+
+def _bns(model):
+    return [layer for layer in model._flatten_layers() if isinstance(layer, BatchNorm)]
+
+
+def _op_types(model, images, training):
+    import tensorflow as tf
+    function = tf.function(lambda x: model(x, training=training))
+    return [op.type for op in function.get_concrete_function(images).graph.get_operations()]
+
+
+def _train_step(model, images, labels):
+    """Training-mode outputs and gradients of one step (BN moving statistics update)."""
+    import tensorflow as tf
+    with tf.GradientTape() as tape:
+        predictions = model(images, training=True)
+        loss = keras.losses.sparse_categorical_crossentropy(labels, predictions)
+    return np.asarray(predictions), tape.gradient(loss, model.trainable_variables)
+
+
+def _relative_difference(gradients, reference):
+    flat = [np.ravel(np.asarray(g, "float64")) for g in gradients]
+    flat_reference = [np.ravel(np.asarray(g, "float64")) for g in reference]
+    difference = np.concatenate([a - b for a, b in zip(flat, flat_reference)])
+    return np.linalg.norm(difference) / np.linalg.norm(np.concatenate(flat_reference))
+
+
+@tensorflow_only
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fused_and_keras_agree_on_the_same_weights(variant):
+    images, labels = _images(), np.arange(16) % 10
+    gradient_differences = []
+    for seed in (0, 1, 2):
+        keras.utils.set_random_seed(seed)
+        fused = FastResNet(14, variant, batch_norm="fused")
+        plain = FastResNet(14, variant, batch_norm="keras")
+        plain.set_weights(fused.get_weights())
+        assert all(bn.fused for bn in _bns(fused)) and not any(bn.fused for bn in _bns(plain))
+
+        fused_out, fused_gradients = _train_step(fused, images, labels)
+        plain_out, plain_gradients = _train_step(plain, images, labels)
+        np.testing.assert_allclose(fused_out, plain_out, atol=1e-4)
+        gradient_differences.append(_relative_difference(fused_gradients, plain_gradients))
+        for a, b in zip(_bns(fused), _bns(plain)):
+            np.testing.assert_allclose(a.moving_mean, b.moving_mean, rtol=1e-3, atol=1e-5)
+            np.testing.assert_allclose(a.moving_variance, b.moving_variance, rtol=1e-3, atol=1e-5)
+            assert not np.allclose(a.moving_variance, 1.0)  # the step did move them
+        np.testing.assert_allclose(fused(images, training=False), plain(images, training=False),
+                                   atol=1e-4)
+    # Gradients agree to ~1e-5, except where a pre-activation sits within rounding of a ReLU
+    # kink in one path and not the other: that one element's gradient flips, and every
+    # gradient upstream of it moves by ~1e-3 (seen: preact, 5.6e-3 at one seed). So: each
+    # seed within a bound that tolerates a kink, and the median seed within 1e-3.
+    assert max(gradient_differences) < 1e-2
+    assert np.median(gradient_differences) < 1e-3
+
+
+@pytest.mark.parametrize("implementation", ["fused", "keras"] if ON_TENSORFLOW else ["keras"])
+def test_moving_variance_keeps_the_biased_batch_variance(implementation):
+    x = np.random.default_rng(1).normal(2.0, 3.0, (4, 5, 5, 8)).astype("float32")
+    bn = bn_layer("bn", implementation)
+    y = keras.ops.convert_to_numpy(bn(x, training=True))
+    flat = x.reshape(-1, 8)
+    mean, biased = flat.mean(axis=0), flat.var(axis=0)  # divided by N = 100, not N - 1
+    np.testing.assert_allclose(y.reshape(-1, 8), (flat - mean) / np.sqrt(biased + 1e-5),
+                               atol=1e-4)
+    decay = 1 - BN_MOMENTUM
+    np.testing.assert_allclose(bn.moving_mean, decay * mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance, BN_MOMENTUM + decay * biased, rtol=1e-5)
+
+
+@tensorflow_only
+def test_fused_graph_runs_the_fused_kernel_in_training_and_inference():
+    images = _images(2)
+    fused, plain = FastResNet(8, "type1"), FastResNet(8, "type1", batch_norm="keras")
+    bn_count = len(_bns(fused))
+    for training in (True, False):
+        assert _op_types(fused, images, training).count("FusedBatchNormV3") == bn_count
+        assert "FusedBatchNormV3" not in _op_types(plain, images, training)
+
+
+@tensorflow_only
+def test_fused_kernel_takes_bfloat16_activations_without_casts():
+    import tensorflow as tf
+    x = tf.cast(np.random.default_rng(2).normal(size=(8, 6, 6, 16)), tf.bfloat16)
+    fused, plain = (bn_layer("bn", i, dtype="mixed_bfloat16") for i in ("fused", "keras"))
+    fused.build(x.shape)
+    plain.build(x.shape)
+    graph = tf.function(lambda v: fused(v, training=True)).get_concrete_function(x).graph
+    ops = graph.get_operations()
+    [kernel] = [op for op in ops if op.type == "FusedBatchNormV3"]
+    assert kernel.get_attr("T") == tf.bfloat16 and kernel.get_attr("U") == tf.float32
+    assert kernel.inputs[0].op.type == "Placeholder"  # the bf16 input, not a cast of it
+    # Same result as Keras's float32 computation, to bfloat16's resolution (8 bits).
+    y_fused, y_plain = fused(x, training=True), plain(x, training=True)
+    assert y_fused.dtype == y_plain.dtype == tf.bfloat16
+    np.testing.assert_allclose(np.asarray(tf.cast(y_fused, tf.float32)),
+                               np.asarray(tf.cast(y_plain, tf.float32)), rtol=2 ** -7, atol=2 ** -7)
+    np.testing.assert_allclose(fused.moving_mean, plain.moving_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused.moving_variance, plain.moving_variance, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch_norm", ["auto", "keras"])
+def test_choice_round_trips_through_config_and_keras_files(batch_norm, tmp_path):
+    model = FastResNet(8, "preact", shortcut="B", batch_norm=batch_norm)
+    images = _images(4)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(images, np.arange(4), epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    for clone in (loaded, keras.Model.from_config(model.get_config())):
+        assert {bn.implementation for bn in _bns(clone)} == {batch_norm}
+        assert clone.get_layer("stage2_block1").get_config()["batch_norm"] == batch_norm
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0),
+                               atol=1e-6)
+
+
+def test_auto_is_fused_on_tensorflow_only():
+    assert resolve("auto") == ("fused" if ON_TENSORFLOW else "keras")
+    assert all(bn.fused == ON_TENSORFLOW for bn in _bns(FastResNet(8)))
+
+
+def test_synchronized_statistics_take_keras_path_and_are_tensorflow_only():
+    if ON_TENSORFLOW:
+        assert not any(bn.fused for bn in _bns(FastResNet(8, synchronized_batch_norm=True)))
+    else:  # Keras's own refusal, before anything is built
+        with pytest.raises(ValueError, match="synchronized=True is only supported with the "
+                                             "TensorFlow backend"):
+            FastResNet(8, synchronized_batch_norm=True)
+
+
+def test_fused_is_refused_where_the_backend_lacks_it():
+    if ON_TENSORFLOW:
+        assert all(bn.fused for bn in _bns(FastResNet(8, batch_norm="fused")))
+    else:
+        with pytest.raises(ValueError, match=r"batch_norm='fused' runs TensorFlow's fused kernel"
+                                             r".* Use batch_norm='auto'"):
+            FastResNet(8, batch_norm="fused")
+
+
+def test_bad_batch_norm_names_the_choices():
+    with pytest.raises(ValueError, match=r"\('auto', 'fused', 'keras'\), got 'cudnn'"):
+        FastResNet(8, batch_norm="cudnn")
+
+
+LOAD_AND_PREDICT = """
+import sys, numpy as np, keras, keras_fastres
+model = keras.saving.load_model(sys.argv[1])
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+print(keras.backend.backend())
+"""
+
+
+@tensorflow_only
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_model_saved_on_tensorflow_predicts_the_same_on_other_backends(backend, tmp_path):
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    if importlib.util.find_spec(backend) is None and not os.environ.get("CI"):
+        pytest.skip(f"{backend} is not installed (pip install -e '.[{backend}]'); CI installs it")
+    model = FastResNet(8, "type1", shortcut="B")  # default BN: fused on TensorFlow
+    images = _images(8)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(images, np.arange(8), epochs=1, verbose=0)  # BN statistics off their defaults
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "images.npy", images)
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_PREDICT, str(tmp_path / "model.keras"),
+         str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == backend
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model.predict(images, verbose=0),
+                               atol=1e-4)
