@@ -13,7 +13,7 @@ from keras_fastres.blocks import (
     Type2Block,
     V1Block,
 )
-from keras_fastres.export import export_saved_model
+from keras_fastres.export import export_onnx, export_saved_model, fold_batch_norms
 from keras_fastres.models import (
     FastResNet,
     FastResNet20,
@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FastResNet", "FastResNet20", "FastResNet32", "FastResNet44", "FastResNet56",
     "FastResNet110", "FastResNet668", "FastResNet1202",
-    "export_saved_model",
+    "export_saved_model", "export_onnx", "fold_batch_norms",
     "ResidualBlock", "V1Block", "PreactBlock", "Type1Block", "Type2Block", "VARIANTS",
     "BatchNorm",
 ]

@@ -67,6 +67,7 @@ class BatchNorm(layers.BatchNormalization):
         super().__init__(**kwargs)
         self.implementation = implementation
         self.fused = False
+        self.folded = False
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -77,7 +78,31 @@ class BatchNorm(layers.BatchNormalization):
                       and self.center and self.scale
                       and not (self.synchronized or self.renorm))
 
+    def fold_into(self, conv):
+        """Folds this BN's inference transform into `conv`, the bias-free convolution whose
+        output it normalises: gamma * (conv(x) - mean) / sqrt(variance + eps) + beta equals
+        conv'(x) + bias with conv's kernel scaled per output channel by
+        s = gamma / sqrt(variance + eps) and bias = beta - mean * s. The kernel is scaled here
+        and this layer keeps only the bias (in `beta`) and adds it: one BiasAdd, which
+        TensorFlow fuses into the convolution. For an inference copy of a model (export.py):
+        a folded layer refuses to train. TensorFlow backend."""
+        if self.folded:
+            raise ValueError(f"BN layer {self.name} is already folded.")
+        if getattr(conv, "use_bias", True) or conv.kernel.shape[-1] != self.gamma.shape[0]:
+            raise ValueError(f"BN layer {self.name} can only fold into a bias-free convolution "
+                             f"with {self.gamma.shape[0]} filters; got {conv.name}.")
+        scale = self.gamma / keras.ops.sqrt(self.moving_variance + self.epsilon)
+        conv.kernel.assign(conv.kernel * scale)  # the kernel's last axis: output channels
+        self.beta.assign(self.beta - self.moving_mean * scale)
+        self.folded = True
+
     def call(self, inputs, training=None, mask=None):
+        if self.folded:
+            if training:
+                raise ValueError(f"BN layer {self.name} is folded into the convolution before "
+                                 f"it, for inference only; train the unfolded model.")
+            import tensorflow as tf
+            return tf.nn.bias_add(inputs, tf.cast(self.beta, inputs.dtype))
         if not self.fused or mask is not None:
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf  # only reached on the TensorFlow backend

@@ -156,8 +156,11 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     progress = progress or (lambda message: None)
-    if on_tensorflow():
-        jit_compile = sorted({resolve_jit_compile(j) for j in jit_compile})
+    # None: as the recipes choose on TensorFlow (XLA on GPUs only); Keras's own default on the
+    # other backends (JAX always compiles with XLA, PyTorch runs eagerly).
+    default = (resolve_jit_compile(None) if on_tensorflow()
+               else keras.backend.backend() == "jax")
+    jit_compile = sorted({default if j is None else j for j in jit_compile})
     cases = [Case(*values) for values in itertools.product(
         depths, variants, precisions, jit_compile,
         sorted({batch_norm.resolve(b) for b in batch_norms}, reverse=True))]
@@ -203,29 +206,41 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
             None)
         result["ratio_to_preact"] = (result["step_seconds"] / baseline["step_seconds"]
                                      if baseline else None)
-    return {"device": describe_device(), "backend": keras.backend.backend(),
-            "tensorflow": tf.__version__, "keras": keras.__version__, "batch_size": batch_size, "rounds": rounds,
-            "steps_per_round": steps, "matmul_peak_gflops": peaks, "results": results}
+    return {"kind": "training", "device": describe_device(), "backend": keras.backend.backend(),
+            "tensorflow": tf.__version__, "keras": keras.__version__, "batch_size": batch_size,
+            "rounds": rounds, "steps_per_round": steps, "matmul_peak_gflops": peaks,
+            "results": results}
 
 
-COLUMNS = (("depth", "depth", "{}"), ("variant", "variant", "{}"),
-           ("precision", "precision", "{}"), ("BN", "batch_norm", "{}"),
-           ("XLA", "jit_compile", "{}"),
-           ("step ms", "step_seconds", "{:.1f}"), ("images/s", "images_per_second", "{:.0f}"),
-           ("s/epoch", "epoch_seconds", "{:.1f}"), ("vs preact", "ratio_to_preact", "{:.3f}"),
-           ("GFLOP/img", "train_gflop_per_image", "{:.3f}"),
-           ("GFLOP/s", "achieved_gflops", "{:.1f}"), ("of peak", "peak_fraction", "{:.1%}"))
+# (title, key, format) of the table's columns, by the report's kind.
+COLUMNS = {
+    "training": (
+        ("depth", "depth", "{}"), ("variant", "variant", "{}"),
+        ("precision", "precision", "{}"), ("BN", "batch_norm", "{}"),
+        ("XLA", "jit_compile", "{}"),
+        ("step ms", "step_seconds", "{:.1f}"), ("images/s", "images_per_second", "{:.0f}"),
+        ("s/epoch", "epoch_seconds", "{:.1f}"), ("vs preact", "ratio_to_preact", "{:.3f}"),
+        ("GFLOP/img", "train_gflop_per_image", "{:.3f}"),
+        ("GFLOP/s", "achieved_gflops", "{:.1f}"), ("of peak", "peak_fraction", "{:.1%}")),
+    "inference": (
+        ("depth", "depth", "{}"), ("variant", "variant", "{}"), ("runtime", "runtime", "{}"),
+        ("BN folded", "folded", "{}"), ("images/s", "images_per_second", "{:.0f}"),
+        ("vs unfolded", "ratio_to_unfolded", "{:.3f}"),
+        ("batch-1 p50 ms", "latency_ms_p50", "{:.2f}"),
+        ("batch-1 p99 ms", "latency_ms_p99", "{:.2f}")),
+}
 
 
 def table_rows(report):
+    columns = COLUMNS[report["kind"]]
     rows = []
     for result in report["results"]:
         row = []
-        for _, key, spec in COLUMNS:
+        for _, key, spec in columns:
             value = result[key] * 1000 if key == "step_seconds" else result[key]
             row.append("-" if value is None else spec.format(value))
         rows.append(row)
-    return [title for title, _, _ in COLUMNS], rows
+    return [title for title, _, _ in columns], rows
 
 
 def format_table(report):
@@ -245,6 +260,11 @@ def format_markdown(report):
 
 
 def _summary(report):
+    if report["kind"] == "inference":
+        return (f"{report['device']}; TensorFlow {report['tensorflow']}, onnxruntime "
+                f"{report['onnxruntime']}; throughput at batch {report['batch_size']} "
+                f"(median of {report['rounds']} rounds), batch-1 latency over "
+                f"{report['rounds']} rounds x {report['latency_calls']} calls")
     peaks = ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in report["matmul_peak_gflops"].items())
     return (f"{report['device']}; Keras {report['keras']} on {report['backend']}, TensorFlow "
             f"{report['tensorflow']}; "

@@ -29,6 +29,9 @@ def kernel_regularizer(weight_decay):
 class ResidualBlock(layers.Layer):
     """What every variant shares: the shortcut, stochastic depth and the config.
 
+    Each variant names in `conv_bn_pairs` its (convolution, BN) sublayers where the BN directly
+    follows the convolution: at inference such a BN folds into the convolution (export.py).
+
     Args:
         filters: output channels of both 3x3 convolutions.
         strides: 1, or 2 to halve height and width (first block of stages 2 and 3).
@@ -139,6 +142,7 @@ class V1Block(ResidualBlock):
     """Original post-activation block (He et al. 2015): Y = ReLU(S(X) + BN(Conv2(ReLU(BN(Conv1(X))))))."""
 
     normalised_sum = True
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("projection", "projection_bn"))
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -160,6 +164,7 @@ class PreactBlock(ResidualBlock):
     Y = S(X) + Conv2(ReLU(BN(Conv1(ReLU(BN(X))))))."""
 
     normalised_sum = False
+    conv_bn_pairs = (("conv1", "bn2"),)  # bn1 follows the residual sum
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -180,6 +185,7 @@ class Type1Block(ResidualBlock):
     """The paper's FastResNet block, the first BN-ReLU removed: Y = S(X) + Conv2(ReLU(BN(Conv1(X))))."""
 
     normalised_sum = False
+    conv_bn_pairs = (("conv1", "bn"),)  # its only BN: the whole block folds
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -198,6 +204,7 @@ class Type2Block(ResidualBlock):
     """The paper's ablation, the second BN-ReLU removed: Y = S(X) + Conv2(Conv1(ReLU(BN(X))))."""
 
     normalised_sum = False
+    conv_bn_pairs = ()  # its BN follows the residual sum
 
     def build(self, input_shape):
         super().build(input_shape)

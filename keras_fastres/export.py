@@ -1,9 +1,15 @@
-"""SavedModel export for serving with plain TensorFlow (TF Serving, tf.saved_model.load, C++...).
+"""Export for serving: a TensorFlow SavedModel (TF Serving, tf.saved_model.load, C++...) or an
+ONNX model (onnxruntime and other ONNX runtimes), neither needing this package or Keras.
 
-Signatures (the batch dimension is None: any batch size, 1 included):
+SavedModel signatures (the batch dimension is None: any batch size, 1 included):
     serving_default  images: uint8 [None, H, W, 3], raw pixels as a PNG/JPEG decoder gives them
     serving_float    images: float32 [None, H, W, 3], pixel values in [0, 255]
-Both return {"probabilities": float32 [None, num_classes], "classes": int64 [None]}.
+Both return {"probabilities": float32 [None, num_classes], "classes": int64 [None]}. The ONNX
+model has serving_default's input and outputs.
+
+By default every BatchNorm that directly follows a convolution is folded into it
+(`fold_batch_norms`): type1 keeps only its final BN, preact one per block plus the final one,
+v1 none.
 
 Command line, for a finished recipe run (or any .keras file of a FastResNet):
     python -m keras_fastres.export --model runs/cifar10-resnet110-type1 --export-dir serving/cifar10
@@ -18,7 +24,13 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from keras_fastres.batch_norm import BatchNorm
+from keras_fastres.models import CONV_BN_PAIRS
+
 MODEL_FILE = "model.keras"  # what the recipes save at the end of a run
+ONNX_FILE = "model.onnx"  # in <export-dir>/<version>/, the layout Triton's ONNX backend reads
+ONNX_OPSET = 17
+FORMATS = ("saved_model", "onnx")
 
 
 def require_tensorflow_backend(what):
@@ -43,12 +55,83 @@ def _probabilities_fn(model):
                      f"needs softmax probabilities or logits.")
 
 
+def fold_batch_norms(model):
+    """An inference copy of `model` in which every BN that directly follows a convolution is
+    folded into it (`BatchNorm.fold_into`: kernel scaled, the BN reduced to a bias); `model`
+    itself is not modified. The pairs are those the blocks name in `conv_bn_pairs` and the
+    model's `CONV_BN_PAIRS` (v1's stem); BNs that follow a residual sum stay."""
+    folded = keras.models.clone_model(model)
+    folded.set_weights(model.get_weights())
+    by_name = {layer.name: layer for layer in folded.layers}
+    pairs = [(by_name[conv], by_name[bn]) for conv, bn in CONV_BN_PAIRS
+             if conv in by_name and bn in by_name]
+    for layer in folded.layers:
+        pairs += [(getattr(layer, conv), getattr(layer, bn))
+                  for conv, bn in getattr(layer, "conv_bn_pairs", ())
+                  if getattr(layer, bn, None) is not None]
+    for conv, bn in pairs:
+        if isinstance(bn, BatchNorm):  # a plain Keras BN (a .keras file of 0.1.0) stays
+            bn.fold_into(conv)
+    return folded
+
+
+def _input_size(model):
+    """(height, width) of a model's images, which export needs fixed and RGB."""
+    height, width, channels = model.input_shape[1:]
+    if channels != 3 or height is None or width is None:
+        raise ValueError(f"export needs a model with a fixed (H, W, 3) input; got input shape "
+                         f"{model.input_shape}. Build it with input_shape=(32, 32, 3).")
+    return height, width
+
+
+def _serving_function(model, fold_batch_norm):
+    """`serve`: images (uint8 or float32 [batch, H, W, 3]) -> {"probabilities", "classes"},
+    checking the image shape at call time; and the model it runs (`model` or its folded copy)."""
+    height, width = _input_size(model)
+    served = fold_batch_norms(model) if fold_batch_norm else model
+    probabilities = _probabilities_fn(served)
+    expected = f"[batch, {height}, {width}, 3]"
+
+    def serve(images):
+        # The signature's static shape is not enforced at call time, so check (never resize).
+        # Padding the shape with -1 makes one comparison catch a wrong rank as well.
+        shape = tf.concat([tf.shape(images), [-1] * 5], axis=0)[1:5]
+        tf.debugging.assert_equal(
+            shape, tf.constant([height, width, 3, -1]),
+            message=f"images must have shape {expected}; resize them to {height}x{width} RGB "
+                    f"before calling this model")
+        pixels = tf.cast(images, tf.float32)
+        result = tf.cast(probabilities(pixels), tf.float32)
+        return {"probabilities": result, "classes": tf.argmax(result, axis=-1)}
+    return serve, served
+
+
 def _next_version(root):
     versions = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.exists() else []
     return max(versions, default=0) + 1
 
 
-def export_saved_model(model, export_dir, version="auto"):
+def _version_dir(export_dir, version):
+    """`export_dir/<version>` (TF Serving's and Triton's layout), or `export_dir` itself for
+    version None."""
+    root = Path(export_dir)
+    if version is None:
+        return root
+    if version == "auto":
+        return root / str(_next_version(root))
+    if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+        return root / str(version)
+    raise ValueError(f"version must be 'auto', a positive integer or None; got {version!r}.")
+
+
+def _new_target(target):
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; a new version never overwrites an old "
+                              f"one. Choose another version or export directory.")
+    return target
+
+
+def export_saved_model(model, export_dir, version="auto", fold_batch_norm=True):
     """Writes `model` as a TensorFlow SavedModel that serves without this package or Keras.
 
     Args:
@@ -58,6 +141,8 @@ def export_saved_model(model, export_dir, version="auto"):
             Serving's layout and the SavedModel goes to `export_dir/<version>/`.
         version: "auto" (default) for the next integer version after the existing ones (1 for a
             new directory), an integer for that version, or None to write `export_dir` itself.
+        fold_batch_norm: fold every BN that directly follows a convolution into it (default;
+            see `fold_batch_norms`). The answers are the same to float rounding (1e-5).
 
     Returns:
         The directory holding `saved_model.pb`.
@@ -67,44 +152,16 @@ def export_saved_model(model, export_dir, version="auto"):
     error or a crash leaves no half-written model where a server looks.
     """
     require_tensorflow_backend("SavedModel export")
-    height, width, channels = model.input_shape[1:]
-    if channels != 3 or height is None or width is None:
-        raise ValueError(f"export needs a model with a fixed (H, W, 3) input; got input shape "
-                         f"{model.input_shape}. Build it with input_shape=(32, 32, 3).")
-    root = Path(export_dir)
-    if version is None:
-        target = root
-    elif version == "auto":
-        target = root / str(_next_version(root))
-    elif isinstance(version, int) and not isinstance(version, bool) and version >= 1:
-        target = root / str(version)
-    else:
-        raise ValueError(f"version must be 'auto', a positive integer or None; got {version!r}.")
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; a new version never overwrites an old "
-                              f"one. Choose another version or export directory.")
+    height, width = _input_size(model)
+    target = _new_target(_version_dir(export_dir, version))
 
-    probabilities = _probabilities_fn(model)
-
-    expected = f"[batch, {height}, {width}, {channels}]"
-
-    def serve(images):
-        # The signature's static shape is not enforced at call time, so check (never resize).
-        # Padding the shape with -1 makes one comparison catch a wrong rank as well.
-        shape = tf.concat([tf.shape(images), [-1] * 5], axis=0)[1:5]
-        tf.debugging.assert_equal(
-            shape, tf.constant([height, width, channels, -1]),
-            message=f"images must have shape {expected}; resize them to {height}x{width} RGB "
-                    f"before calling this model")
-        pixels = tf.cast(images, tf.float32)
-        result = tf.cast(probabilities(pixels), tf.float32)
-        return {"probabilities": result, "classes": tf.argmax(result, axis=-1)}
+    serve, served = _serving_function(model, fold_batch_norm)
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(served)
     for name, dtype in (("serving_default", tf.uint8), ("serving_float", tf.float32)):
         archive.add_endpoint(name, tf.function(serve), input_signature=[
-            tf.TensorSpec([None, height, width, channels], dtype, name="images")])
+            tf.TensorSpec([None, height, width, 3], dtype, name="images")])
 
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.parent / f".{target.name}.incomplete-{os.getpid()}"
@@ -114,6 +171,64 @@ def export_saved_model(model, export_dir, version="auto"):
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return target
+
+
+def export_onnx(model, path, fold_batch_norm=True):
+    """Writes `model` as an ONNX model for onnxruntime (or any ONNX runtime), without Keras.
+
+    Input `images`: uint8 `[N, H, W, 3]`, raw pixels; outputs `probabilities` float32
+    `[N, num_classes]` and `classes` int64 `[N]`: serving_default of the SavedModel. Opset 17.
+    BNs are folded as in `export_saved_model`. Needs the `onnx` extra (tf2onnx, onnx):
+    `pip install "keras-fastres[onnx]"`.
+
+    Args:
+        model: as for `export_saved_model`.
+        path: the .onnx file to write; never overwritten (FileExistsError). It is written to a
+            hidden temporary sibling and renamed into place when complete.
+        fold_batch_norm: fold every BN that directly follows a convolution into it (default).
+
+    Returns:
+        The path written.
+    """
+    require_tensorflow_backend("ONNX export")
+    try:
+        import tf2onnx
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2)
+    except ImportError:
+        raise ImportError('ONNX export needs tf2onnx: pip install "keras-fastres[onnx]".') from None
+    height, width = _input_size(model)
+    target = _new_target(Path(path))
+    serve, _ = _serving_function(model, fold_batch_norm)
+    function = tf.function(serve).get_concrete_function(
+        tf.TensorSpec([None, height, width, 3], tf.uint8, name="images"))
+    # Frozen first: converted with its variables (and the Normalization layer's constants) as
+    # captures, tf2onnx made them extra graph inputs that onnxruntime then demands.
+    frozen = convert_variables_to_constants_v2(function)
+    outputs = dict(zip(sorted(function.structured_outputs), (t.name for t in frozen.outputs)))
+    proto, _ = tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
+        output_names=[outputs["probabilities"], outputs["classes"]], opset=ONNX_OPSET)
+    _rename_values(proto.graph, {frozen.inputs[0].name: "images",
+                                 **{tensor: name for name, tensor in outputs.items()}})
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.parent / f".{target.name}.incomplete-{os.getpid()}"
+    try:
+        temporary.write_bytes(proto.SerializeToString())
+        os.rename(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target
+
+
+def _rename_values(graph, names):
+    """Renames ONNX graph values (TensorFlow's "images:0", "Identity:0") wherever they occur."""
+    for value in [*graph.input, *graph.output]:
+        value.name = names.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [names.get(name, name) for name in node.input]
+        node.output[:] = [names.get(name, name) for name in node.output]
 
 
 def load_for_export(path):
@@ -131,18 +246,31 @@ def load_for_export(path):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m keras_fastres.export",
-        description="Export a trained FastResNet as a SavedModel for TF Serving.")
+        description="Export a trained FastResNet for serving: a SavedModel (TF Serving) or an "
+                    "ONNX model (onnxruntime, Triton).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True,
                         help=f"a recipe run directory (holding {MODEL_FILE}) or a .keras file")
     parser.add_argument("--export-dir", required=True,
-                        help="base directory; the SavedModel goes to <export-dir>/<version>/")
+                        help="base directory; the SavedModel goes to <export-dir>/<version>/, "
+                             f"the ONNX model to <export-dir>/<version>/{ONNX_FILE}")
     parser.add_argument("--version", type=int, default=None,
                         help="version number (default: the next free one)")
+    parser.add_argument("--format", choices=FORMATS, default="saved_model")
+    parser.add_argument("--no-fold", action="store_true",
+                        help="keep every BatchNorm (default: fold those that follow a "
+                             "convolution into it)")
     args = parser.parse_args(argv)
     try:
         require_tensorflow_backend("Export")
         model = load_for_export(args.model)
-        target = export_saved_model(model, args.export_dir, args.version or "auto")
+        version = args.version or "auto"
+        if args.format == "onnx":
+            target = export_onnx(model, _version_dir(args.export_dir, version) / ONNX_FILE,
+                                 fold_batch_norm=not args.no_fold)
+        else:
+            target = export_saved_model(model, args.export_dir, version,
+                                        fold_batch_norm=not args.no_fold)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

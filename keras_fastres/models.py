@@ -25,6 +25,10 @@ CIFAR_STATS = {
     "cifar100": ((129.304, 124.070, 112.434), (68.170, 65.392, 70.418)),
 }
 
+# (convolution, BN) layers where the BN directly follows the convolution, outside the blocks:
+# v1's stem. At inference such a BN folds into the convolution (export.py).
+CONV_BN_PAIRS = (("stem_conv", "stem_bn"),)
+
 # The two stride-2 stages halve the input twice.
 MIN_SPATIAL_SIZE = 4
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_fastres import FastResNet, export_saved_model
+from keras_fastres import FastResNet, export_onnx, export_saved_model, fold_batch_norms
+from keras_fastres.batch_norm import BatchNorm
 from keras_fastres.data import CLASS_NAMES
 
 VARIANTS = ("v1", "preact", "type1", "type2")
@@ -210,3 +211,145 @@ def test_export_cli_and_predict_on_image_files(tmp_path):
         [sys.executable, "-m", "keras_fastres.export", "--model", str(tmp_path / "nothing"),
          "--export-dir", str(tmp_path / "x")], capture_output=True, text=True, env=ENV)
     assert missing.returncode == 1 and "No model at" in missing.stderr
+
+
+def model_with_moved_statistics(variant, shortcut="A", seed=0):
+    """A depth-8 model (3 blocks) whose BN statistics and affine parameters are far from their
+    initial values, so that a BN folded wrongly, or not at all, changes the answers."""
+    rng = np.random.default_rng(seed)
+    model = FastResNet(8, variant, shortcut=shortcut)
+    for weight in model.weights:
+        name = weight.path.rsplit("/", 1)[-1]
+        if name in ("gamma", "moving_variance"):
+            weight.assign(rng.uniform(0.5, 2.0, weight.shape))
+        elif name in ("beta", "moving_mean"):
+            weight.assign(rng.normal(0.0, 0.5, weight.shape))
+    return model
+
+
+def saved_model_ops(export_dir, signature="serving_default"):
+    """Op types in a SavedModel signature's graph and every function it calls."""
+    graph_def = tf.saved_model.load(str(export_dir)).signatures[signature].graph.as_graph_def()
+    return [node.op for node in graph_def.node] + [
+        node.op for function in graph_def.library.function for node in function.node_def]
+
+
+# BNs left after folding, at depth 8 (3 blocks): type1 keeps its final BN only, preact the first
+# BN of each block and the final one, v1 none (stem, blocks and option-B projections all fold).
+BNS_AFTER_FOLDING = {"type1": 1, "preact": 3 + 1, "v1": 0, "type2": 3 + 1}
+BNS_UNFOLDED = {"type1": 3 + 1, "preact": 2 * 3 + 1, "v1": 1 + 2 * 3 + 2, "type2": 3 + 1}
+
+
+@pytest.mark.parametrize("variant, shortcut", [("v1", "B"), ("preact", "A"), ("type1", "A"),
+                                               ("type2", "A")])
+def test_folding_keeps_the_answers_and_leaves_the_model_alone(variant, shortcut):
+    model = model_with_moved_statistics(variant, shortcut)
+    weights = [np.array(w) for w in model.weights]
+    folded = fold_batch_norms(model)
+    images = uint8_images(8).astype("float32")
+    np.testing.assert_allclose(folded.predict(images, verbose=0), model.predict(images, verbose=0),
+                               atol=1e-5)
+    bns = [layer for layer in folded._flatten_layers() if isinstance(layer, BatchNorm)]
+    assert sum(not bn.folded for bn in bns) == BNS_AFTER_FOLDING[variant]
+    assert all(np.array_equal(a, np.array(w)) for a, w in zip(weights, model.weights))
+    assert not any(layer.folded for layer in model._flatten_layers()
+                   if isinstance(layer, BatchNorm))
+
+
+def test_a_folded_copy_refuses_to_train():
+    folded = fold_batch_norms(FastResNet(8))
+    with pytest.raises(ValueError, match="folded into the convolution before it, for inference"):
+        folded(uint8_images(2).astype("float32"), training=True)
+
+
+@pytest.mark.parametrize("variant, shortcut", [("v1", "B"), ("preact", "A"), ("type1", "A")])
+def test_folded_saved_model_answers_the_same_with_fewer_batch_norms(variant, shortcut, tmp_path):
+    model = model_with_moved_statistics(variant, shortcut)
+    folded = export_saved_model(model, tmp_path / "folded")
+    unfolded = export_saved_model(model, tmp_path / "unfolded", fold_batch_norm=False)
+    assert saved_model_ops(folded).count("FusedBatchNormV3") == BNS_AFTER_FOLDING[variant]
+    assert saved_model_ops(unfolded).count("FusedBatchNormV3") == BNS_UNFOLDED[variant]
+    images = uint8_images(7)
+    expected = model.predict(images.astype("float32"), verbose=0)
+    for export in (folded, unfolded):
+        loaded = tf.saved_model.load(str(export))
+        for signature, batch in (("serving_default", images),
+                                 ("serving_float", images.astype(np.float32))):
+            out = loaded.signatures[signature](images=tf.constant(batch))
+            np.testing.assert_allclose(out["probabilities"], expected, atol=1e-4)
+
+
+SERVE_ONNX_WITHOUT_KERAS = """
+import sys, json
+import numpy as np
+import onnxruntime
+paths, inputs, outputs = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+images = np.load(inputs)
+results = {}
+for name, path in paths.items():
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    results[f"{name}-signature"] = np.array(json.dumps({
+        "inputs": [(i.name, i.type, i.shape) for i in session.get_inputs()],
+        "outputs": [(o.name, o.type, o.shape) for o in session.get_outputs()]}))
+    for batch in (1, 7):
+        probabilities, classes = session.run(["probabilities", "classes"],
+                                             {"images": images[:batch]})
+        results[f"{name}-{batch}-probabilities"] = probabilities
+        results[f"{name}-{batch}-classes"] = classes
+np.savez(outputs, **results)
+assert not {"keras", "keras_fastres", "tensorflow"} & set(sys.modules), "imported Keras or TF"
+"""
+
+
+def test_onnx_model_serves_on_onnxruntime_without_keras(tmp_path):
+    import onnx
+    images = uint8_images()
+    np.save(tmp_path / "images.npy", images)
+    models, paths = {}, {}
+    for variant, shortcut in (("v1", "B"), ("preact", "A"), ("type1", "A")):
+        models[variant] = model_with_moved_statistics(variant, shortcut)
+        paths[variant] = str(export_onnx(models[variant], tmp_path / f"{variant}.onnx"))
+        graph = onnx.load(paths[variant]).graph
+        assert [node.op_type for node in graph.node].count("BatchNormalization") == \
+            BNS_AFTER_FOLDING[variant]
+    site_dir = site_without_keras(tmp_path / "site")
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", SERVE_ONNX_WITHOUT_KERAS, json.dumps(paths),
+         str(tmp_path / "images.npy"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=300, env={**ENV, "PYTHONPATH": str(site_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    for variant, model in models.items():
+        signature = json.loads(str(out[f"{variant}-signature"]))
+        assert [[name, kind, shape[1:]] for name, kind, shape in signature["inputs"]] == [
+            ["images", "tensor(uint8)", [32, 32, 3]]]  # any batch size
+        assert [(name, kind) for name, kind, _ in signature["outputs"]] == [
+            ("probabilities", "tensor(float)"), ("classes", "tensor(int64)")]
+        expected = model.predict(images.astype("float32"), verbose=0)
+        for batch in (1, 7):
+            np.testing.assert_allclose(out[f"{variant}-{batch}-probabilities"], expected[:batch],
+                                       atol=1e-4)
+            np.testing.assert_array_equal(out[f"{variant}-{batch}-classes"],
+                                          np.argmax(expected[:batch], axis=1))
+
+
+def test_onnx_export_never_overwrites(tmp_path):
+    path = export_onnx(FastResNet(8), tmp_path / "model.onnx")
+    written = path.read_bytes()
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        export_onnx(FastResNet(8, "preact"), path)
+    assert path.read_bytes() == written
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temporary left
+
+
+def test_export_cli_writes_onnx_and_unfolded_saved_models(tmp_path):
+    model_with_moved_statistics("preact").save(tmp_path / "model.keras")
+    for arguments, written in ((["--format", "onnx"], "1/model.onnx"),
+                               (["--no-fold"], "2/saved_model.pb")):
+        exported = subprocess.run(
+            [sys.executable, "-m", "keras_fastres.export", "--model", str(tmp_path / "model.keras"),
+             "--export-dir", str(tmp_path / "serving"), *arguments],
+            capture_output=True, text=True, env=ENV, timeout=300)
+        assert exported.returncode == 0, exported.stderr
+        assert (tmp_path / "serving" / written).is_file()
+    assert saved_model_ops(tmp_path / "serving" / "2").count("FusedBatchNormV3") == 7

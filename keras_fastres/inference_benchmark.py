@@ -1,0 +1,112 @@
+"""Serving speed: exported models timed side by side in one process.
+
+For each depth and variant, one model is exported three ways: a SavedModel with every BN that
+follows a convolution folded into it (the default export), the same unfolded, and the folded
+ONNX model. Then, round by round and every runtime once per round, batches of `batch_size`
+images are timed (throughput: the median over rounds) and single images are timed one call at
+a time (latency: p50 and p99 over all calls), so that a noisy machine slows all of them alike.
+The weights are random: speed does not depend on their values.
+"""
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from keras_fastres import models
+from keras_fastres.export import export_onnx, export_saved_model
+from keras_fastres.training import describe_device
+
+RUNTIMES = (("saved_model", True), ("saved_model", False), ("onnxruntime", True))
+
+
+def _runners(depth, variant, directory):
+    """{(runtime, folded): function of uint8 images -> probabilities} for one model."""
+    import onnxruntime
+
+    model = models.FastResNet(depth, variant)
+    runners = {}
+    for runtime, folded in RUNTIMES:
+        target = directory / f"{depth}-{variant}-{runtime}-{'folded' if folded else 'unfolded'}"
+        if runtime == "saved_model":
+            path = export_saved_model(model, target, version=None, fold_batch_norm=folded)
+            serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+            runners[runtime, folded] = (
+                lambda images, serve=serve: serve(images=tf.constant(images))["probabilities"]
+                .numpy())
+        else:
+            path = export_onnx(model, target.with_suffix(".onnx"), fold_batch_norm=folded)
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            runners[runtime, folded] = (
+                lambda images, session=session: session.run(["probabilities"],
+                                                            {"images": images})[0])
+    return runners
+
+
+def run_inference_benchmark(depths=(110,), variants=("preact", "type1"), batch_size=128,
+                            rounds=10, batches=2, latency_calls=20, progress=None):
+    """Times every (depth, variant, runtime, folded) case interleaved; returns the report.
+
+    Each round runs `batches` batches of `batch_size` and `latency_calls` single images
+    through every case. `progress`, if given, is called with a one-line status."""
+    import onnxruntime
+
+    for depth in depths:
+        models.blocks_per_stage(depth)
+    unknown = [v for v in variants if v not in models.BLOCKS]
+    if unknown:
+        raise ValueError(f"variants must be taken from {sorted(models.BLOCKS)}, got {unknown}.")
+    for name, value in (("batch_size", batch_size), ("rounds", rounds), ("batches", batches),
+                        ("latency_calls", latency_calls)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    progress = progress or (lambda message: None)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8)
+
+    runners = {}
+    with tempfile.TemporaryDirectory() as directory:
+        for depth in depths:
+            for variant in variants:
+                progress(f"exporting ResNet-{depth} {variant}: SavedModel folded and unfolded, "
+                         f"ONNX")
+                for (runtime, folded), run in _runners(depth, variant, Path(directory)).items():
+                    run(images)  # warm up
+                    run(images[:1])
+                    runners[depth, variant, runtime, folded] = run
+
+    throughput = {case: [] for case in runners}
+    latencies = {case: [] for case in runners}
+    for round_index in range(1, rounds + 1):
+        progress(f"round {round_index}/{rounds}")
+        for case, run in runners.items():
+            start = time.perf_counter()
+            for _ in range(batches):
+                run(images)
+            throughput[case].append(batches * batch_size / (time.perf_counter() - start))
+            for index in range(latency_calls):
+                start = time.perf_counter()
+                run(images[index % batch_size:][:1])
+                latencies[case].append(1000 * (time.perf_counter() - start))
+
+    results = []
+    for (depth, variant, runtime, folded), per_round in throughput.items():
+        calls = latencies[depth, variant, runtime, folded]
+        results.append({
+            "depth": depth, "variant": variant, "runtime": runtime, "folded": folded,
+            "batch_size": batch_size, "images_per_second": statistics.median(per_round),
+            "images_per_second_per_round": per_round,
+            "latency_ms_p50": float(np.percentile(calls, 50)),
+            "latency_ms_p99": float(np.percentile(calls, 99)),
+        })
+    for result in results:
+        unfolded = next(r for r in results if r["depth"] == result["depth"]
+                        and r["variant"] == result["variant"]
+                        and (r["runtime"], r["folded"]) == ("saved_model", False))
+        result["ratio_to_unfolded"] = result["images_per_second"] / unfolded["images_per_second"]
+    return {"kind": "inference", "device": describe_device(), "tensorflow": tf.__version__,
+            "onnxruntime": onnxruntime.__version__, "batch_size": batch_size, "rounds": rounds,
+            "latency_calls": latency_calls, "results": results}

@@ -1,0 +1,55 @@
+"""The serving benchmark's report: every runtime timed, its fields and its arithmetic."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keras_fastres.benchmark import format_markdown, format_table
+from keras_fastres.inference_benchmark import run_inference_benchmark
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tiny_inference_report_fields_and_arithmetic():
+    report = run_inference_benchmark(depths=(8,), variants=("type1",), batch_size=4, rounds=2,
+                                     batches=1, latency_calls=3)
+    assert report["kind"] == "inference" and report["onnxruntime"]
+    results = {(r["runtime"], r["folded"]): r for r in report["results"]}
+    assert set(results) == {("saved_model", True), ("saved_model", False), ("onnxruntime", True)}
+    unfolded = results["saved_model", False]["images_per_second"]
+    for result in results.values():
+        assert (result["depth"], result["variant"], result["batch_size"]) == (8, "type1", 4)
+        assert result["images_per_second"] == statistics.median(
+            result["images_per_second_per_round"])
+        assert 0 < result["latency_ms_p50"] <= result["latency_ms_p99"]
+        assert result["ratio_to_unfolded"] == pytest.approx(
+            result["images_per_second"] / unfolded)
+    for text in (format_table(report), format_markdown(report)):
+        assert "onnxruntime" in text and "batch-1 p99 ms" in text
+
+
+def test_bad_inference_arguments():
+    with pytest.raises(ValueError, match="variants must be taken from"):
+        run_inference_benchmark(depths=(8,), variants=("fast",))
+    with pytest.raises(ValueError, match="latency_calls must be a positive integer"):
+        run_inference_benchmark(depths=(8,), latency_calls=0)
+
+
+def test_benchmark_recipe_inference_writes_json(tmp_path):
+    out = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "benchmark.py"), "--inference", "--depths", "8",
+         "--variants", "preact", "--batch-size", "2", "--rounds", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert {(r["runtime"], r["folded"]) for r in report["results"]} == {
+        ("saved_model", True), ("saved_model", False), ("onnxruntime", True)}
+    assert all(r["variant"] == "preact" and r["depth"] == 8 for r in report["results"])
+    assert "vs unfolded" in result.stdout
