@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras import ops
 
-from keras_fastres import batch_norm, blocks, models
+from keras_fastres import batch_norm, blocks, data, models
 from keras_fastres.distribute import Trainer, make_strategy
 from keras_fastres.training import (PRECISIONS, TrainConfig, build_and_compile, describe_device,
                                    resolve_jit_compile)
@@ -212,6 +212,32 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
             "results": results}
 
 
+def run_pipeline_benchmark(batch_size=128, rounds=3, images=EPOCH_IMAGES, progress=None):
+    """Images/s of the training input pipeline alone (`data.TrainingData`: shuffle, pad, crop,
+    flip, uint8 batches) over random CIFAR-shaped uint8 data in memory: the median of
+    `rounds` epochs after one warm-up epoch. Returns the report."""
+    for name, value in (("batch_size", batch_size), ("rounds", rounds), ("images", images)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    progress = progress or (lambda message: None)
+    rng = np.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8),
+                       rng.integers(0, 10, images))
+    pipeline = data.TrainingData(split, batch_size, 0, 10)
+    per_epoch = []
+    for epoch in range(rounds + 1):
+        progress(f"epoch {epoch}/{rounds}" + (" (warm-up)" if epoch == 0 else ""))
+        start = time.perf_counter()
+        count = sum(int(labels.shape[0]) for _, labels in pipeline.epoch(epoch))
+        if epoch:
+            per_epoch.append(count / (time.perf_counter() - start))
+    result = {"batch_size": batch_size, "images": images,
+              "pipeline_images_per_second": statistics.median(per_epoch),
+              "pipeline_images_per_second_per_round": per_epoch}
+    return {"kind": "pipeline", "device": describe_device(), "tensorflow": tf.__version__,
+            "batch_size": batch_size, "rounds": rounds, "results": [result]}
+
+
 # (title, key, format) of the table's columns, by the report's kind.
 COLUMNS = {
     "training": (
@@ -228,6 +254,9 @@ COLUMNS = {
         ("vs unfolded", "ratio_to_unfolded", "{:.3f}"),
         ("batch-1 p50 ms", "latency_ms_p50", "{:.2f}"),
         ("batch-1 p99 ms", "latency_ms_p99", "{:.2f}")),
+    "pipeline": (
+        ("batch", "batch_size", "{}"), ("images per epoch", "images", "{}"),
+        ("pipeline images/s", "pipeline_images_per_second", "{:.0f}")),
 }
 
 
@@ -260,6 +289,9 @@ def format_markdown(report):
 
 
 def _summary(report):
+    if report["kind"] == "pipeline":
+        return (f"{report['device']}; TensorFlow {report['tensorflow']}; the training "
+                f"pipeline alone (crop, flip, shuffle), median of {report['rounds']} epochs")
     if report["kind"] == "inference":
         return (f"{report['device']}; TensorFlow {report['tensorflow']}, onnxruntime "
                 f"{report['onnxruntime']}; throughput at batch {report['batch_size']} "

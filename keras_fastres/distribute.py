@@ -51,6 +51,21 @@ def make_strategy(name="auto", cpu_replicas=None):
     return tf.distribute.MirroredStrategy()
 
 
+def agree_on_seed(strategy, seed):
+    """The seed of replica 0 on every worker of a MultiWorkerMirroredStrategy cluster, so that
+    all workers shuffle and augment alike; `seed` itself under any other strategy."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return seed
+
+    @tf.function
+    def broadcast():
+        def own_value():
+            first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+            return tf.where(first, tf.constant(seed, tf.int64), tf.constant(0, tf.int64))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(own_value), axis=None)
+    return int(broadcast())
+
+
 def is_chief(strategy):
     """True on the one process that writes outputs: the only one, or the cluster's chief
     (task "chief", or worker 0 when the cluster has no chief task)."""
@@ -86,6 +101,7 @@ class Trainer:
 
     def _replica_train_step(self, images, labels):
         model = self.model
+        images = tf.cast(images, tf.float32)  # the pipelines deliver raw uint8 pixels
         with tf.GradientTape() as tape:
             predictions = model(images, training=True)
             per_example = self.per_example_loss(labels, predictions)
@@ -100,7 +116,7 @@ class Trainer:
         self.accuracy.update_state(labels, predictions)
 
     def _replica_test_step(self, images, labels):
-        predictions = self.model(images, training=False)
+        predictions = self.model(tf.cast(images, tf.float32), training=False)
         self.loss.update_state(self.per_example_loss(labels, predictions))
         self.accuracy.update_state(labels, predictions)
 
@@ -132,13 +148,24 @@ class Trainer:
             callbacks.on_test_end(logs)
         return logs
 
+    def epoch_batches(self, train_data, epoch):
+        """Epoch `epoch` of a `data.TrainingData`, distributed: each input pipeline (one per
+        worker) builds only its own replicas' shares of every global batch."""
+        replicas = self.strategy.num_replicas_in_sync
+
+        def shares(context):
+            per_pipeline = replicas // context.num_input_pipelines
+            return train_data.epoch(epoch, context.input_pipeline_id * per_pipeline,
+                                    per_pipeline, replicas)
+        return self.strategy.distribute_datasets_from_function(shares)
+
     def fit(self, train_data, test_data, epochs, callbacks, initial_epoch=0, verbose=1):
-        """Epochs `initial_epoch` .. `epochs - 1`, evaluating on `test_data` after each, with
-        fit()'s callback protocol; returns the last epoch's logs."""
+        """Epochs `initial_epoch` .. `epochs - 1` of `train_data` (a `data.TrainingData`),
+        evaluating on `test_data` after each, with fit()'s callback protocol; returns the last
+        epoch's logs."""
         callbacks = keras.callbacks.CallbackList(
             callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
-            epochs=epochs, steps=int(train_data.cardinality()), model=self.model)
-        distributed = self.strategy.experimental_distribute_dataset(train_data)
+            epochs=epochs, steps=train_data.steps_per_epoch, model=self.model)
         model = self.model
         model.stop_training = False
         callbacks.on_train_begin()
@@ -146,7 +173,7 @@ class Trainer:
         for epoch in range(initial_epoch, epochs):
             self._reset()
             callbacks.on_epoch_begin(epoch)
-            for step, batch in enumerate(distributed):
+            for step, batch in enumerate(self.epoch_batches(train_data, epoch)):
                 callbacks.on_train_batch_begin(step)
                 self.train_step(batch)
                 callbacks.on_train_batch_end(step, self._logs())
@@ -163,25 +190,38 @@ class Trainer:
 
 
 class Backup(keras.callbacks.Callback):
-    """Model and optimizer state after every finished epoch, written by the chief only (so
-    workers never race on one file) and read by every worker when a run starts again.
+    """Model and optimizer state after every finished epoch, with the run's seed, written by
+    the chief only (so workers never race on one file) and read by every worker when a run
+    starts again.
 
-    `restore()` returns the number of finished epochs (0 for a new run).
+    `stored_seed()` is the seed of the run being continued (None for a new run); `restore()`
+    returns the number of finished epochs (0 for a new run).
     """
 
-    def __init__(self, directory, write=True):
+    def __init__(self, directory, write=True, seed=None):
         super().__init__()
         self.directory = directory
         self.write = write
+        self.seed = seed
         self.weights = os.path.join(directory, "latest.weights.h5")
         self.state = os.path.join(directory, "state.json")
 
-    def restore(self, model):
+    def _read_state(self):
         if not os.path.exists(self.state):
+            return None
+        with open(self.state) as file:
+            return json.load(file)
+
+    def stored_seed(self):
+        state = self._read_state()
+        return None if state is None else state.get("seed")
+
+    def restore(self, model):
+        state = self._read_state()
+        if state is None:
             return 0
         model.load_weights(self.weights)
-        with open(self.state) as file:
-            return json.load(file)["finished_epochs"]
+        return state["finished_epochs"]
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.write or self.model.stop_training:
@@ -191,5 +231,5 @@ class Backup(keras.callbacks.Callback):
         self.model.save_weights(temporary)
         os.replace(temporary, self.weights)
         with open(self.state + ".tmp", "w") as file:
-            json.dump({"finished_epochs": epoch + 1}, file)
+            json.dump({"finished_epochs": epoch + 1, "seed": self.seed}, file)
         os.replace(self.state + ".tmp", self.state)

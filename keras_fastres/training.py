@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import random
 import shutil
 import sys
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ def check_config(config):
     data.check_extra_augmentation(config.extra_augmentation)
     data.check_source(config.source)
     batch_norm.check_implementation(config.batch_norm)
+    models.blocks_per_stage(config.depth)
     for name in ("epochs", "batch_size"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -146,7 +148,6 @@ def train(config):
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     chief = distribute.is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     jit_compile = resolve_jit_compile(config.jit_compile)
     if jit_compile and replicas > 1 and config.precision == "mixed_float16":
         raise ValueError(
@@ -158,8 +159,10 @@ def train(config):
         raise ValueError(
             "XLA cannot compile a training step that spans several CPU replicas or CPU "
             "workers in TensorFlow; use --jit-compile off (the default on CPUs).")
-    if config.seed is not None:
-        keras.utils.set_random_seed(config.seed)
+    backup = distribute.Backup(str(run_dir / "backup"), write=chief)
+    seed = run_seed(config, backup.stored_seed(), strategy, run_dir)
+    backup.seed = seed
+    keras.utils.set_random_seed(seed)
     if config.lr_scaling == "linear":
         config = dataclasses.replace(
             config, learning_rate=config.learning_rate * config.batch_size / PAPER_BATCH_SIZE)
@@ -172,17 +175,14 @@ def train(config):
     trainer = distribute.Trainer(model, strategy, data.mixes_labels(config.extra_augmentation),
                                  jit_compile)
     cifar = data.load_cifar(config.dataset, config.source, config.data_dir,
-                            synthetic_size=config.synthetic_size, seed=config.seed or 0)
-    # Workers shard the global batches of one pipeline, so all of them must draw the same order.
-    data_seed = 0 if config.seed is None and multi_worker else config.seed
-    train_data = data.make_dataset(cifar.train, config.batch_size, True, cifar.num_classes,
-                                   data_seed, config.extra_augmentation)
-    test_data = data.make_dataset(cifar.test, config.batch_size, False, cifar.num_classes,
-                                  extra_augmentation=config.extra_augmentation)
+                            synthetic_size=config.synthetic_size, seed=seed)
+    train_data = data.TrainingData(cifar.train, config.batch_size, seed, cifar.num_classes,
+                                   config.extra_augmentation)
+    test_data = data.test_dataset(cifar.test, config.batch_size, cifar.num_classes,
+                                  one_hot=data.mixes_labels(config.extra_augmentation))
 
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
-    backup = distribute.Backup(str(run_dir / "backup"), write=chief)
     finished_epochs = backup.restore(model)
     if finished_epochs and chief:
         print(f"Resuming {run_dir} after epoch {finished_epochs}.", flush=True)
@@ -221,12 +221,30 @@ def train(config):
         "outputs": str(run_dir) if chief else None,
         **{key: value for key, value in dataclasses.asdict(config).items()
            if key not in ("verbose", "output_dir")},
+        "seed": seed,
         "versions": versions(),
         "device": describe_device(),
     }
     if chief:
         write_outputs(model, config, metrics, history)
     return metrics
+
+
+def run_seed(config, stored_seed, strategy, run_dir):
+    """The seed of the run: the one stored with the backup of a run being continued, else
+    --seed, else one drawn now (the same on every worker of a cluster). Weights, data order
+    and augmentation all follow from it, so a continued run sees what an uninterrupted one
+    would."""
+    if stored_seed is None:
+        if config.seed is not None:
+            return config.seed
+        return distribute.agree_on_seed(strategy, random.SystemRandom().randrange(2 ** 31))
+    if config.seed is not None and config.seed != stored_seed:
+        raise ValueError(
+            f"{run_dir} holds an unfinished run started with seed {stored_seed}; run the same "
+            f"command with --seed {stored_seed} (or without --seed) to continue it, or pass "
+            f"another --output-dir.")
+    return stored_seed
 
 
 def write_outputs(model, config, metrics, history):

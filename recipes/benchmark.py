@@ -1,7 +1,7 @@
 """The paper's speed comparison on this machine: training-step time of every block variant,
 side by side in one process, with FLOPs and the fraction of the device's matmul peak; or, with
 --inference, the serving speed of the exported models (SavedModel with BNs folded and not,
-ONNX on onnxruntime).
+ONNX on onnxruntime); or, with --pipeline, the training input pipeline alone.
 
     python recipes/benchmark.py                                   # the README's table
     python recipes/benchmark.py --depths 20 --variants preact,type1 --json out.json
@@ -10,6 +10,7 @@ ONNX on onnxruntime).
         --precisions float32,mixed_bfloat16,mixed_float16
     KERAS_BACKEND=jax python recipes/benchmark.py --depths 20 --variants type1
     python recipes/benchmark.py --inference                       # ResNet-110 preact, type1
+    python recipes/benchmark.py --pipeline                        # augmentation images/s
 
 Under KERAS_BACKEND=jax or torch the models train with Keras's own train step on that backend.
 The defaults (10 rounds x 3 steps at batch 128) keep the full default run near 5 minutes on 2
@@ -27,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_fastres.batch_norm import IMPLEMENTATIONS  # noqa: E402
 from keras_fastres.benchmark import (PRECISIONS, format_markdown, format_table,  # noqa: E402
-                                     print_progress, run_benchmark)
+                                     print_progress, run_benchmark, run_pipeline_benchmark)
 
 DEPTHS = "20,56,110"
 VARIANTS = "preact,type1,type2,v1"
@@ -53,6 +54,9 @@ def main(argv=None):
                         help="time the exported models serving instead of training (needs "
                              "the onnx extra); --rounds applies, --steps, --precisions, "
                              "--batch-norm and --jit-compile do not")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="time the training input pipeline alone (one epoch of CIFAR-shaped "
+                             "data per round; --batch-size and --rounds apply)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--steps", type=int, default=STEPS, help="timed steps per round")
@@ -71,7 +75,11 @@ def main(argv=None):
                                                 else VARIANTS)
     tf.get_logger().setLevel("ERROR")  # one traced train function per model is expected
     try:
-        if args.inference:
+        if args.pipeline:
+            print(f"Benchmarking the training pipeline: batch {args.batch_size}, {args.rounds} "
+                  f"epochs of 50,000 images.", file=sys.stderr)
+            report = run_pipeline_benchmark(args.batch_size, args.rounds, progress=print_progress)
+        elif args.inference:
             from keras_fastres.inference_benchmark import run_inference_benchmark
             print(f"Benchmarking serving: depths {args.depths}, variants {args.variants}, "
                   f"batch {args.batch_size} and batch 1, {args.rounds} rounds.", file=sys.stderr)

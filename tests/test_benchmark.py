@@ -11,6 +11,7 @@ import pytest
 
 from keras_fastres import FastResNet
 from keras_fastres.benchmark import (EPOCH_IMAGES, format_markdown, format_table,
+                                     run_pipeline_benchmark,
                                      forward_multiply_adds, run_benchmark, train_flops_per_image)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +122,15 @@ def test_benchmark_recipe_writes_json(tmp_path):
     assert [(r["variant"], r["batch_norm"]) for r in report["results"]] == [
         ("preact", "keras"), ("preact", "fused"), ("type1", "keras"), ("type1", "fused")]
     assert "vs preact" in result.stdout
+
+
+def test_pipeline_benchmark_counts_every_image():
+    report = run_pipeline_benchmark(batch_size=64, rounds=2, images=1000)
+    [result] = report["results"]
+    assert (report["kind"], result["images"], result["batch_size"]) == ("pipeline", 1000, 64)
+    assert len(result["pipeline_images_per_second_per_round"]) == 2
+    assert result["pipeline_images_per_second"] == statistics.median(
+        result["pipeline_images_per_second_per_round"])
+    assert "pipeline images/s" in format_table(report)
+    with pytest.raises(ValueError, match="rounds must be a positive integer"):
+        run_pipeline_benchmark(rounds=0)

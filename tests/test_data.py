@@ -5,6 +5,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from conftest import write_cifar_archive
@@ -111,49 +112,96 @@ def batches(dataset):
     return np.concatenate(images), np.concatenate(labels)
 
 
-def test_training_pipeline_augments_and_test_pipeline_does_not():
+def test_test_pipeline_is_the_images_as_they_are_in_order():
     split = data.Split(*small_split(64, 10, 0))
-    test_images, test_labels = batches(data.make_dataset(split, 16, False, 10))
-    assert test_images.dtype == np.float32 and test_images.shape == (64, 32, 32, 3)
+    test_images, test_labels = batches(data.test_dataset(split, 16, 10))
+    assert test_images.dtype == np.uint8 and test_images.shape == (64, 32, 32, 3)
     np.testing.assert_array_equal(test_images, split.images)  # no augmentation, in order
     np.testing.assert_array_equal(test_labels, split.labels)
+    _, one_hot = batches(data.test_dataset(split, 16, 10, one_hot=True))
+    np.testing.assert_array_equal(np.argmax(one_hot, axis=1), split.labels)
 
-    train_images, train_labels = batches(data.make_dataset(split, 16, True, 10, seed=1))
-    assert train_images.shape == (64, 32, 32, 3) and train_images.dtype == np.float32
-    assert 0 <= train_images.min() and train_images.max() <= 255
-    assert not np.array_equal(train_labels, split.labels)  # shuffled
-    # Each training image is a 32x32 window of its padded original, possibly mirrored.
-    padded = np.pad(split.images, [(0, 0), (4, 4), (4, 4), (0, 0)]).astype(np.float32)
+
+def test_training_images_are_padded_crops_possibly_mirrored():
+    split = data.Split(*small_split(64, 64, 0))  # label i is image i
+    train_images, train_labels = batches(data.TrainingData(split, 16, 1, 64).epoch(0))
+    assert train_images.shape == (64, 32, 32, 3) and train_images.dtype == np.uint8
+    assert sorted(train_labels) == list(range(64))  # each image once per epoch ...
+    assert not np.array_equal(train_labels, split.labels)  # ... shuffled
+    padded = np.pad(split.images, [(0, 0), (4, 4), (4, 4), (0, 0)])
     changed = 0
-    for image in train_images:
-        candidates = [np.array_equal(window, image)
-                      for original in padded
-                      for flipped in (original, original[:, ::-1])
-                      for window in (flipped[i:i + 32, j:j + 32]
-                                     for i in range(9) for j in range(9))]
-        assert any(candidates)
-        changed += not any(np.array_equal(image, original) for original in split.images)
+    for image, label in zip(train_images, train_labels):
+        original = padded[label]
+        assert any(np.array_equal(window, image)
+                   for flipped in (original, original[:, ::-1])
+                   for window in (flipped[i:i + 32, j:j + 32]
+                                  for i in range(9) for j in range(9)))
+        changed += not np.array_equal(image, split.images[label])
     assert changed > 48  # 1 in 162 crop/flip choices leaves an image as it was
 
 
-def test_seed_fixes_order_and_augmentation_but_epochs_differ():
+def test_crop_and_flip_takes_the_window_asked_for():
+    images = small_split(3, 10, 2)[0]
+    offsets = np.array([[0, 8], [4, 4], [8, 1]], np.int32)
+    flips = np.array([False, True, True])
+    out = data.crop_and_flip(images, offsets, flips).numpy()
+    padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)])
+    for k, ((row, column), flip) in enumerate(zip(offsets, flips)):
+        window = padded[k, row:row + 32, column:column + 32]
+        np.testing.assert_array_equal(out[k], window[:, ::-1] if flip else window)
+
+
+def test_crops_cover_all_81_offsets_and_flip_about_half():
+    draws = [data.augmentation_draws(tf.constant([3, batch], tf.int64), 128)
+             for batch in range(40)]
+    offsets = np.concatenate([o.numpy() for o, _ in draws])  # 5,120 draws
+    flips = np.concatenate([f.numpy() for _, f in draws])
+    assert offsets.min() == 0 and offsets.max() == 8
+    assert len({tuple(o) for o in offsets}) == 81
+    counts = np.unique(offsets[:, 0] * 9 + offsets[:, 1], return_counts=True)[1]
+    assert counts.min() > 5120 / 81 / 2  # roughly uniform
+    assert 0.46 < flips.mean() < 0.54
+
+
+def test_every_draw_is_a_function_of_seed_epoch_and_batch():
     split = data.Split(*small_split(48, 10, 0))
-    first = data.make_dataset(split, 16, True, 10, seed=7)
-    epoch1, epoch2 = batches(first)[0], batches(first)[0]
-    again = batches(data.make_dataset(split, 16, True, 10, seed=7))[0]
-    np.testing.assert_array_equal(epoch1, again)
-    assert not np.array_equal(epoch1, epoch2)
+    pipeline = data.TrainingData(split, 16, 7, 10)
+    epoch1, again = batches(pipeline.epoch(1)), batches(data.TrainingData(split, 16, 7, 10).epoch(1))
+    for a, b in zip(epoch1, again):
+        np.testing.assert_array_equal(a, b)  # another pipeline, the same epoch: the same data
+    assert not np.array_equal(epoch1[1], batches(pipeline.epoch(2))[1])  # epochs differ
+    assert not np.array_equal(epoch1[1], batches(data.TrainingData(split, 16, 8, 10).epoch(1))[1])
 
 
-def test_mixing_augmentations_give_one_hot_labels():
+def test_shares_are_disjoint_and_cover_each_global_batch():
+    split = data.Split(*small_split(100, 100, 0))  # label i is image i
+    pipeline = data.TrainingData(split, 32, 4, 100)
+    whole = [(x.numpy(), y.numpy()) for x, y in pipeline.epoch(0)]
+    assert [len(y) for _, y in whole] == [32, 32, 32, 4]
+    # Three replicas: one pipeline for replica 0, one for replicas 1 and 2 (a second worker).
+    first = [(x.numpy(), y.numpy()) for x, y in pipeline.epoch(0, 0, 1, 3)]
+    second = [(x.numpy(), y.numpy()) for x, y in pipeline.epoch(0, 1, 2, 3)]
+    for batch, (images, labels) in enumerate(whole):
+        shares = [first[batch], second[2 * batch], second[2 * batch + 1]]
+        share_labels = [set(y.tolist()) for _, y in shares]
+        assert all(not (a & b) for a in share_labels for b in share_labels if a is not b)
+        np.testing.assert_array_equal(np.concatenate([y for _, y in shares]), labels)
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in shares]), images)
+
+
+def test_mixing_augmentations_give_one_hot_labels_and_stay_seeded():
     split = data.Split(*small_split(32, 10, 0))
-    images, labels = next(iter(data.make_dataset(split, 16, True, 10, seed=0,
-                                                 extra_augmentation=("mixup", "randaugment"))))
-    assert images.shape == (16, 32, 32, 3) and labels.shape == (16, 10)
+
+    def first_batch(seed):
+        pipeline = data.TrainingData(split, 16, seed, 10, extra_augmentation=("mixup",
+                                                                              "randaugment"))
+        return next(iter(pipeline.epoch(0)))
+    images, labels = first_batch(0)
+    assert images.shape == (16, 32, 32, 3) and images.dtype == np.float32
+    assert labels.shape == (16, 10)
     np.testing.assert_allclose(np.sum(labels, axis=1), 1.0, atol=1e-5)
     assert np.any((labels > 0) & (labels < 1))  # mixed
-    _, test_labels = next(iter(data.make_dataset(split, 16, False, 10,
-                                                 extra_augmentation=("mixup",))))
-    assert test_labels.shape == (16, 10)
+    again, _ = first_batch(0)
+    np.testing.assert_array_equal(images, again)
     with pytest.raises(ValueError, match="extra augmentation must be taken from"):
-        data.make_dataset(split, 16, True, 10, extra_augmentation=("autoaugment",))
+        data.TrainingData(split, 16, 0, 10, extra_augmentation=("autoaugment",))

@@ -105,7 +105,7 @@ def test_two_localhost_workers_train_together(tmp_path):
 
 def test_a_killed_worker_restarted_with_the_cluster_resumes(tmp_path):
     ports, run, epochs = free_ports(2), tmp_path / "run", 6
-    args = ["--synthetic", "--depth", "20", "--epochs", str(epochs), "--strategy",
+    args = ["--synthetic", "--depth", "8", "--epochs", str(epochs), "--strategy",
             "multi-worker", "--output-dir", str(run)]
     worker, chief = start(args, tf_config_value=tf_config(ports, 1)), start(
         args, tf_config_value=tf_config(ports, 0))

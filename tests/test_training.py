@@ -13,7 +13,7 @@ import pytest
 
 from conftest import wait_for_backup, write_cifar_archive
 from keras_fastres.callbacks import HistoryCSV, paper_learning_rate, read_history
-from keras_fastres.training import TrainConfig, train
+from keras_fastres.training import TrainConfig, main, train
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -72,7 +72,7 @@ def test_recipe_end_to_end_on_synthetic_data(tmp_path):
 
 def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
     run, epochs = tmp_path / "run", 6
-    args = ["--synthetic", "--depth", "20", "--epochs", str(epochs), "--output-dir", str(run)]
+    args = ["--synthetic", "--depth", "8", "--epochs", str(epochs), "--output-dir", str(run)]
     first = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "cifar10.py"), *args],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     wait_for_backup(run, first)
@@ -88,7 +88,29 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
     assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
     assert [float(r["learning_rate"]) for r in rows] == pytest.approx(
         [paper_learning_rate(e, epochs) for e in range(epochs)])
-    assert json.loads((run / "metrics.json").read_text())["epochs"] == epochs
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == epochs
+
+    # Without --seed the run drew one and kept it with its backup, so the killed and resumed
+    # run is bit for bit the uninterrupted run with that seed: same weights, same data order,
+    # same augmentation. Another seed gives other weights.
+    seed = metrics["seed"]
+    assert isinstance(seed, int)
+    finals = {}
+    for name, run_seed in (("same", seed), ("other", seed + 1)):
+        again = recipe(*args[:-1], str(tmp_path / name), "--seed", str(run_seed))
+        assert again.returncode == 0, again.stderr
+        finals[name] = model_weights(tmp_path / name / "model.keras")
+    resumed = model_weights(run / "model.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(resumed, finals["same"]))
+    assert not all(np.array_equal(a, b) for a, b in zip(resumed, finals["other"]))
+
+
+def model_weights(path):
+    import keras
+
+    import keras_fastres  # noqa: F401  (registers the blocks)
+    return keras.saving.load_model(path).get_weights()
 
 
 def test_without_network_the_tfds_recipe_fails_fast_with_a_clear_message(tmp_path):
@@ -105,9 +127,12 @@ def test_without_network_the_tfds_recipe_fails_fast_with_a_clear_message(tmp_pat
     (["--source", "archive", "--data-dir", "/no/such/cifar"], "/no/such/cifar does not exist"),
     (["--epochs", "0", "--synthetic"], "epochs must be a positive integer"),
 ])
-def test_bad_arguments_fail_before_any_work(args, message):
-    result = recipe(*args)
-    assert result.returncode == 2 and message in result.stderr
+def test_bad_arguments_fail_before_any_work(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # where the default output directory (runs/...) would go
+    assert main(TrainConfig(), args) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # no run directory, nothing written
 
 
 def digits_as_cifar(directory):
