@@ -94,12 +94,25 @@ class HistoryCSV(keras.callbacks.Callback):
                "test_error": 1.0 - logs["val_accuracy"] if "val_accuracy" in logs else None}
         row.update({key: logs.get(key) for key in self.COLUMNS if key not in row})
         rows = [r for r in read_history(self.path) if int(r["epoch"]) <= epoch] + [row]
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        with open(temporary, "w", newline="") as file:
-            writer = csv.DictWriter(file, self.COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(temporary, self.path)
+        _write_history(self.path, rows)
+
+
+def _write_history(path, rows):
+    """Replaces the history file with `rows`, atomically."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="") as file:
+        writer = csv.DictWriter(file, HistoryCSV.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
+
+
+def truncate_history(path, epochs):
+    """Drops the rows of epochs after `epochs` (1-based) from a history file, if any."""
+    path = Path(path)
+    rows = read_history(path)
+    if any(int(row["epoch"]) > epochs for row in rows):
+        _write_history(path, [row for row in rows if int(row["epoch"]) <= epochs])
 
 
 def read_history(path):

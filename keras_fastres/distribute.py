@@ -190,19 +190,19 @@ class Trainer:
 
 
 class Backup(keras.callbacks.Callback):
-    """Model and optimizer state after every finished epoch, with the run's seed, written by
-    the chief only (so workers never race on one file) and read by every worker when a run
-    starts again.
+    """Model and optimizer state after every finished epoch, with the run's experiment (its
+    settings and seed), written by the chief only (so workers never race on one file) and read
+    by every worker when a run starts again.
 
-    `stored_seed()` is the seed of the run being continued (None for a new run); `restore()`
-    returns the number of finished epochs (0 for a new run).
+    `stored_experiment()` is the experiment of the run being continued (None for a new run);
+    `restore()` returns the number of finished epochs (0 for a new run).
     """
 
-    def __init__(self, directory, write=True, seed=None):
+    def __init__(self, directory, write=True):
         super().__init__()
         self.directory = directory
         self.write = write
-        self.seed = seed
+        self.experiment = None  # set by the run before training (training.experiment)
         self.weights = os.path.join(directory, "latest.weights.h5")
         self.state = os.path.join(directory, "state.json")
 
@@ -212,9 +212,9 @@ class Backup(keras.callbacks.Callback):
         with open(self.state) as file:
             return json.load(file)
 
-    def stored_seed(self):
+    def stored_experiment(self):
         state = self._read_state()
-        return None if state is None else state.get("seed")
+        return None if state is None else state.get("experiment")
 
     def restore(self, model):
         state = self._read_state()
@@ -231,5 +231,5 @@ class Backup(keras.callbacks.Callback):
         self.model.save_weights(temporary)
         os.replace(temporary, self.weights)
         with open(self.state + ".tmp", "w") as file:
-            json.dump({"finished_epochs": epoch + 1, "seed": self.seed}, file)
+            json.dump({"finished_epochs": epoch + 1, "experiment": self.experiment}, file)
         os.replace(self.state + ".tmp", self.state)

@@ -14,7 +14,9 @@ only the chief writes these outputs.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -101,10 +103,42 @@ def check_config(config):
         raise ValueError(f"lr_scaling must be None or 'linear', got {config.lr_scaling!r}.")
     if config.data_dir and config.source != "tfds" and not Path(config.data_dir).exists():
         raise ValueError(f"data_dir {config.data_dir} does not exist.")
-    run_dir = config.run_dir()
+    check_not_finished(config.run_dir())
+
+
+def check_not_finished(run_dir):
     if (run_dir / "metrics.json").exists() and not (run_dir / "backup").exists():
         raise ValueError(f"{run_dir} already holds a finished run; pass another output "
                          f"directory or delete it to train again.")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """Holds `run_dir/.lock` for the whole run, so that two processes never train into one
+    directory: a second is refused at once, naming the holder's PID. The lock is an advisory
+    flock, which the operating system releases when its process ends, so a killed run leaves
+    no stale lock. A run that fails before writing anything leaves no directory behind."""
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    try:
+        with open(path, "a+") as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.seek(0)
+                holder = file.read().strip() or "unknown"
+                raise ValueError(
+                    f"Another process (PID {holder}) is training in {run_dir}; wait for it to "
+                    f"end, or pass another --output-dir.") from None
+            file.seek(0)
+            file.truncate()
+            file.write(f"{os.getpid()}\n")
+            file.flush()
+            yield
+    finally:
+        if created and [p.name for p in run_dir.iterdir()] == [".lock"]:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def resolve_jit_compile(jit_compile):
@@ -147,6 +181,12 @@ def train(config):
     run_dir = config.run_dir()
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     chief = distribute.is_chief(strategy)
+    with run_lock(run_dir) if chief else contextlib.nullcontext():
+        check_not_finished(run_dir)  # again: another process may have just finished it
+        return _train(config, run_dir, strategy, chief)
+
+
+def _train(config, run_dir, strategy, chief):
     replicas = strategy.num_replicas_in_sync
     jit_compile = resolve_jit_compile(config.jit_compile)
     if jit_compile and replicas > 1 and config.precision == "mixed_float16":
@@ -160,8 +200,11 @@ def train(config):
             "XLA cannot compile a training step that spans several CPU replicas or CPU "
             "workers in TensorFlow; use --jit-compile off (the default on CPUs).")
     backup = distribute.Backup(str(run_dir / "backup"), write=chief)
-    seed = run_seed(config, backup.stored_seed(), strategy, run_dir)
-    backup.seed = seed
+    stored = backup.stored_experiment()
+    seed = run_seed(config, stored, strategy)
+    backup.experiment = experiment(config, seed)
+    if stored is not None:
+        check_same_experiment(stored, backup.experiment, run_dir)
     keras.utils.set_random_seed(seed)
     if config.lr_scaling == "linear":
         config = dataclasses.replace(
@@ -185,6 +228,8 @@ def train(config):
         run_dir.mkdir(parents=True, exist_ok=True)
     finished_epochs = backup.restore(model)
     if finished_epochs and chief:
+        # A kill between an epoch's history row and its backup leaves a row the run redoes.
+        callbacks.truncate_history(run_dir / "history.csv", finished_epochs)
         print(f"Resuming {run_dir} after epoch {finished_epochs}.", flush=True)
     timer = callbacks.EpochTimer(len(cifar.train.labels))
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
@@ -230,21 +275,44 @@ def train(config):
     return metrics
 
 
-def run_seed(config, stored_seed, strategy, run_dir):
+# The settings that define an experiment: a run is only ever continued with the same ones.
+# (How it runs - strategy, XLA, the BN implementation, verbosity - may change.)
+EXPERIMENT_FIELDS = ("dataset", "source", "synthetic_size", "depth", "variant", "shortcut",
+                     "epochs", "batch_size", "learning_rate", "lr_scaling", "momentum",
+                     "weight_decay", "drop_path_rate", "extra_augmentation", "precision")
+
+
+def experiment(config, seed):
+    """The settings of `config` that define its experiment, with its seed, as stored (JSON)."""
+    settings = {field: getattr(config, field) for field in EXPERIMENT_FIELDS}
+    if config.source != "synthetic":
+        del settings["synthetic_size"]
+    return json.loads(json.dumps({**settings, "seed": seed}))
+
+
+def run_seed(config, stored, strategy):
     """The seed of the run: the one stored with the backup of a run being continued, else
     --seed, else one drawn now (the same on every worker of a cluster). Weights, data order
     and augmentation all follow from it, so a continued run sees what an uninterrupted one
     would."""
-    if stored_seed is None:
-        if config.seed is not None:
-            return config.seed
-        return distribute.agree_on_seed(strategy, random.SystemRandom().randrange(2 ** 31))
-    if config.seed is not None and config.seed != stored_seed:
+    if stored is not None and config.seed is None:
+        return stored["seed"]
+    if config.seed is not None:
+        return config.seed
+    return distribute.agree_on_seed(strategy, random.SystemRandom().randrange(2 ** 31))
+
+
+def check_same_experiment(stored, current, run_dir):
+    """A ValueError naming every setting in which `current` differs from the unfinished run
+    stored in `run_dir`, and what to do."""
+    changed = [f"{field} {stored[field]!r} -> {current.get(field)!r}" for field in stored
+               if stored[field] != current.get(field)]
+    if changed:
         raise ValueError(
-            f"{run_dir} holds an unfinished run started with seed {stored_seed}; run the same "
-            f"command with --seed {stored_seed} (or without --seed) to continue it, or pass "
-            f"another --output-dir.")
-    return stored_seed
+            f"{run_dir} holds an unfinished run of another experiment ({'; '.join(changed)}). "
+            f"To continue it, run the command that started it (its settings are in "
+            f"{run_dir / 'backup' / 'state.json'}); for a new experiment, pass another "
+            f"--output-dir.")
 
 
 def write_outputs(model, config, metrics, history):

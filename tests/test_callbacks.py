@@ -5,7 +5,8 @@ import pytest
 import keras
 
 from keras_fastres import FastResNet
-from keras_fastres.callbacks import EpochTimer, HistoryCSV, paper_learning_rate, paper_schedule, read_history
+from keras_fastres.callbacks import (EpochTimer, HistoryCSV, paper_learning_rate, paper_schedule,
+                                     read_history, truncate_history)
 
 
 @pytest.mark.parametrize("epoch, rate", [(0, 0.1), (79, 0.1), (80, 0.01), (119, 0.01),
@@ -68,3 +69,16 @@ def test_history_replaces_rows_of_epochs_run_again(tmp_path):
     rows = read_history(path)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[0]["test_error"]) == 0.25
+
+
+def test_truncating_drops_only_rows_past_the_backup(tmp_path):
+    history = HistoryCSV(tmp_path / "history.csv")
+    for epoch in range(3):
+        history.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "val_accuracy": 0.5})
+    truncate_history(tmp_path / "history.csv", 3)
+    assert [int(r["epoch"]) for r in read_history(tmp_path / "history.csv")] == [1, 2, 3]
+    truncate_history(tmp_path / "history.csv", 2)
+    rows = read_history(tmp_path / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and float(rows[1]["loss"]) == 0.5
+    truncate_history(tmp_path / "missing.csv", 1)  # no history yet: nothing to do
+    assert not (tmp_path / "missing.csv").exists()

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import wait_for_backup, write_cifar_archive
 from keras_fastres.callbacks import HistoryCSV, paper_learning_rate, read_history
-from keras_fastres.training import TrainConfig, main, train
+from keras_fastres.training import (TrainConfig, experiment, main, parse_args, run_lock,
+                                    train)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -187,3 +188,42 @@ def test_xla_defaults_to_off_on_cpus():
     assert build_and_compile(TrainConfig(depth=8), 10).jit_compile is False
     config = parse_args(TrainConfig(), ["--jit-compile", "on", "--precision", "mixed_bfloat16"])
     assert config.jit_compile is True and config.precision == "mixed_bfloat16"
+
+
+def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, capsys):
+    run = tmp_path / "run"
+    started = ["--synthetic", "--depth", "8", "--epochs", "6", "--seed", "1",
+               "--output-dir", str(run)]
+    state = {"finished_epochs": 2,
+             "experiment": experiment(parse_args(TrainConfig(), started), 1)}
+    (run / "backup").mkdir(parents=True)
+    (run / "backup" / "state.json").write_text(json.dumps(state))
+
+    def refused(argv, defaults=TrainConfig()):
+        assert main(defaults, argv) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "another --output-dir" in error
+        return error
+
+    error = refused(["--synthetic", "--depth", "14", "--epochs", "2", "--learning-rate", "0.5",
+                     "--batch-size", "64", "--seed", "1", "--output-dir", str(run)])
+    for change in ("depth 8 -> 14", "epochs 6 -> 2", "learning_rate 0.1 -> 0.5",
+                   "batch_size 128 -> 64"):
+        assert change in error
+    assert "seed" not in error.split("(")[1].split(")")[0]  # the seed was the same
+    assert "seed 1 -> 2" in refused([*started[:-3], "2", *started[-2:]])
+    assert "dataset 'cifar10' -> 'cifar100'" in refused(started, TrainConfig(dataset="cifar100"))
+    assert json.loads((run / "backup" / "state.json").read_text()) == state  # untouched
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "backup"]
+
+
+def test_a_second_process_on_one_output_directory_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--synthetic", "--depth", "8", "--epochs", "1", "--output-dir", str(run)]
+    with run_lock(run):  # this process is "the first", training there
+        assert main(TrainConfig(), args) == 2
+        error = capsys.readouterr().err
+        assert f"Another process (PID {os.getpid()}) is training in {run}" in error
+        assert error.count("\n") == 1
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing of the first touched
+    assert not run.exists()  # a run that wrote nothing leaves no directory
