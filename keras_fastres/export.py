@@ -247,8 +247,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m keras_fastres.export",
         description="Export a trained FastResNet for serving: a SavedModel (TF Serving) or an "
-                    "ONNX model (onnxruntime, Triton).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "ONNX model (onnxruntime, Triton).")
     parser.add_argument("--model", required=True,
                         help=f"a recipe run directory (holding {MODEL_FILE}) or a .keras file")
     parser.add_argument("--export-dir", required=True,
@@ -256,7 +255,8 @@ def main(argv=None):
                              f"the ONNX model to <export-dir>/<version>/{ONNX_FILE}")
     parser.add_argument("--version", type=int, default=None,
                         help="version number (default: the next free one)")
-    parser.add_argument("--format", choices=FORMATS, default="saved_model")
+    parser.add_argument("--format", choices=FORMATS, default="saved_model",
+                        help="saved_model (default) or onnx (needs the onnx extra)")
     parser.add_argument("--no-fold", action="store_true",
                         help="keep every BatchNorm (default: fold those that follow a "
                              "convolution into it)")
