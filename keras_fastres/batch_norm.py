@@ -72,8 +72,7 @@ class BatchNorm(layers.BatchNormalization):
     def build(self, input_shape):
         super().build(input_shape)
         rank = len(input_shape)
-        self.fused = (self.implementation != "keras"
-                      and keras.backend.backend() == "tensorflow"
+        self.fused = (resolve(self.implementation) == "fused"
                       and rank == 4 and self.axis % rank == 3
                       and self.center and self.scale
                       and not (self.synchronized or self.renorm))
