@@ -107,11 +107,10 @@ class BatchNorm(layers.BatchNormalization):
         import tensorflow as tf  # only reached on the TensorFlow backend
 
         if not (training and self.trainable):
-            outputs = tf.raw_ops.FusedBatchNormV3(
+            return tf.raw_ops.FusedBatchNormV3(
                 x=inputs, scale=self.gamma, offset=self.beta, mean=self.moving_mean,
                 variance=self.moving_variance, epsilon=self.epsilon, data_format="NHWC",
                 is_training=False)[0]
-            return outputs
         empty = tf.constant([], tf.float32)
         outputs, mean, unbiased_variance, *_ = tf.raw_ops.FusedBatchNormV3(
             x=inputs, scale=self.gamma, offset=self.beta, mean=empty, variance=empty,

@@ -93,6 +93,22 @@ def matmul_peak(precision="float32", size=2048, rounds=5, repeats=4):
     return 2 * size ** 3 * repeats / statistics.median(seconds) / 1e9
 
 
+def check_models(depths, variants):
+    """A ValueError for a depth that is not 6n + 2 or an unknown variant, naming the choices."""
+    for depth in depths:
+        models.blocks_per_stage(depth)
+    unknown = [v for v in variants if v not in models.BLOCKS]
+    if unknown:
+        raise ValueError(f"variants must be taken from {sorted(models.BLOCKS)}, got {unknown}.")
+
+
+def check_positive_integers(**values):
+    """A ValueError naming the first of `values` that is not a positive integer."""
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
 def on_tensorflow():
     return keras.backend.backend() == "tensorflow"
 
@@ -142,19 +158,13 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
     "keras" (see `keras_fastres.batch_norm`); results name the one that ran.
     `progress`, if given, is called with a one-line status while the benchmark runs.
     """
-    for depth in depths:
-        models.blocks_per_stage(depth)
-    unknown = [v for v in variants if v not in models.BLOCKS]
-    if unknown:
-        raise ValueError(f"variants must be taken from {sorted(models.BLOCKS)}, got {unknown}.")
+    check_models(depths, variants)
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise ValueError(f"precisions must be taken from {PRECISIONS}, got {unknown}.")
     for implementation in batch_norms:
         batch_norm.check_implementation(implementation)
-    for name, value in (("batch_size", batch_size), ("rounds", rounds), ("steps", steps)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    check_positive_integers(batch_size=batch_size, rounds=rounds, steps=steps)
     progress = progress or (lambda message: None)
     # None: as the recipes choose on TensorFlow (XLA on GPUs only); Keras's own default on the
     # other backends (JAX always compiles with XLA, PyTorch runs eagerly).
@@ -216,9 +226,7 @@ def run_pipeline_benchmark(batch_size=128, rounds=3, images=EPOCH_IMAGES, progre
     """Images/s of the training input pipeline alone (`data.TrainingData`: shuffle, pad, crop,
     flip, uint8 batches) over random CIFAR-shaped uint8 data in memory: the median of
     `rounds` epochs after one warm-up epoch. Returns the report."""
-    for name, value in (("batch_size", batch_size), ("rounds", rounds), ("images", images)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    check_positive_integers(batch_size=batch_size, rounds=rounds, images=images)
     progress = progress or (lambda message: None)
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8),

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres import models
+from keras_fastres.benchmark import check_models, check_positive_integers
 from keras_fastres.export import export_onnx, export_saved_model
 from keras_fastres.training import describe_device
 
@@ -54,15 +55,9 @@ def run_inference_benchmark(depths=(110,), variants=("preact", "type1"), batch_s
     through every case. `progress`, if given, is called with a one-line status."""
     import onnxruntime
 
-    for depth in depths:
-        models.blocks_per_stage(depth)
-    unknown = [v for v in variants if v not in models.BLOCKS]
-    if unknown:
-        raise ValueError(f"variants must be taken from {sorted(models.BLOCKS)}, got {unknown}.")
-    for name, value in (("batch_size", batch_size), ("rounds", rounds), ("batches", batches),
-                        ("latency_calls", latency_calls)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    check_models(depths, variants)
+    check_positive_integers(batch_size=batch_size, rounds=rounds, batches=batches,
+                            latency_calls=latency_calls)
     progress = progress or (lambda message: None)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8)
