@@ -271,7 +271,7 @@ def main(argv=None):
         else:
             target = export_saved_model(model, args.export_dir, version,
                                         fold_batch_norm=not args.no_fold)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"Wrote {target}")

@@ -353,3 +353,14 @@ def test_export_cli_writes_onnx_and_unfolded_saved_models(tmp_path):
         assert exported.returncode == 0, exported.stderr
         assert (tmp_path / "serving" / written).is_file()
     assert saved_model_ops(tmp_path / "serving" / "2").count("FusedBatchNormV3") == 7
+
+
+def test_onnx_export_without_its_extra_says_what_to_install(tmp_path, monkeypatch, capsys):
+    from keras_fastres.export import main
+    FastResNet(8).save(tmp_path / "model.keras")
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if the onnx extra were missing
+    assert main(["--model", str(tmp_path / "model.keras"), "--export-dir",
+                 str(tmp_path / "serving"), "--format", "onnx"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and 'pip install "keras-fastres[onnx]"' in error
+    assert not (tmp_path / "serving").exists()
