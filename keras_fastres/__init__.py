@@ -2,32 +2,50 @@
 
 Models take raw images `(batch, 32, 32, 3)` with pixel values in [0, 255] (normalisation is a
 layer inside the model) and return class probabilities `(batch, num_classes)`.
+
+Importing the package registers its layers with Keras, which `keras.saving.load_model` of a
+FastResNet `.keras` file needs (Keras imports no third-party module when it loads a file).
 """
 
-from keras_fastres.batch_norm import BatchNorm
-from keras_fastres.blocks import (
-    BLOCKS,
-    PreactBlock,
-    ResidualBlock,
-    Type1Block,
-    Type2Block,
-    V1Block,
-)
-from keras_fastres.export import export_onnx, export_saved_model, fold_batch_norms
-from keras_fastres.models import (
-    FastResNet,
-    FastResNet20,
-    FastResNet32,
-    FastResNet44,
-    FastResNet56,
-    FastResNet110,
-    FastResNet668,
-    FastResNet1202,
-)
+import importlib
+
+from keras_fastres.console import quiet_tensorflow_start
+
+with quiet_tensorflow_start():  # only in this package's commands; see console.py
+    from keras_fastres.batch_norm import BatchNorm
+    from keras_fastres.blocks import (
+        BLOCKS,
+        PreactBlock,
+        ResidualBlock,
+        Type1Block,
+        Type2Block,
+        V1Block,
+    )
+    from keras_fastres.models import (
+        FastResNet,
+        FastResNet20,
+        FastResNet32,
+        FastResNet44,
+        FastResNet56,
+        FastResNet110,
+        FastResNet668,
+        FastResNet1202,
+    )
 
 VARIANTS = tuple(BLOCKS)  # "v1", "preact", "type1", "type2"
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that `python -m keras_fastres.export` runs a module the package has
+# not imported already (runpy warns otherwise).
+_EXPORT_FUNCTIONS = ("export_saved_model", "export_onnx", "fold_batch_norms")
+
+
+def __getattr__(name):
+    if name in _EXPORT_FUNCTIONS:
+        return getattr(importlib.import_module("keras_fastres.export"), name)
+    raise AttributeError(f"module 'keras_fastres' has no attribute {name!r}")
+
 
 __all__ = [
     "FastResNet", "FastResNet20", "FastResNet32", "FastResNet44", "FastResNet56",

@@ -5,9 +5,27 @@ SGD update) are timed round by round, each round visiting every model once, so t
 machine slows all of them alike. The reported step time is the median over rounds. On the
 TensorFlow backend the step is the recipes' own (`distribute.Trainer`); on JAX and PyTorch it
 is Keras's own train step (`train_on_batch`), so that the backends can be compared.
+
+Command line (`fastres-benchmark`, `python recipes/benchmark.py`, `python -m
+keras_fastres.benchmark`):
+
+    python recipes/benchmark.py                                   # the README's table
+    python recipes/benchmark.py --depths 20 --variants preact,type1 --json out.json
+    python recipes/benchmark.py --depths 110 --variants preact,type1 --batch-norm keras,fused
+    python recipes/benchmark.py --depths 110 --variants type1 \
+        --precisions float32,mixed_bfloat16,mixed_float16
+    KERAS_BACKEND=jax python recipes/benchmark.py --depths 20 --variants type1
+    python recipes/benchmark.py --inference                       # ResNet-110 preact, type1
+    python recipes/benchmark.py --pipeline                        # augmentation images/s
+
+Under KERAS_BACKEND=jax or torch the models train with Keras's own train step on that backend.
+The defaults (10 rounds x 3 steps at batch 128) keep the full default run near 5 minutes on 2
+CPU cores; on a GPU, raise --rounds and --steps for tighter medians.
 """
 
+import argparse
 import itertools
+import json
 import statistics
 import sys
 import time
@@ -20,6 +38,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_fastres import batch_norm, blocks, data, models
+from keras_fastres.console import HelpFormatter, positive_integer, program, writable_file
 from keras_fastres.distribute import Trainer, make_strategy
 from keras_fastres.training import (PRECISIONS, TrainConfig, build_and_compile, describe_device,
                                    resolve_jit_compile)
@@ -315,3 +334,93 @@ def _summary(report):
 def print_progress(message):
     print(f"\r\033[K{message}" if sys.stderr.isatty() else message, end="" if sys.stderr.isatty()
           else "\n", file=sys.stderr, flush=True)
+
+
+DEPTHS = "20,56,110"
+VARIANTS = "preact,type1,type2,v1"
+INFERENCE_DEPTHS = "110"
+INFERENCE_VARIANTS = "preact,type1"
+BATCH_SIZE = 128  # the paper's
+ROUNDS = 10
+STEPS = 3
+
+
+def csv_list(convert=str):
+    return lambda text: [convert(item) for item in text.split(",") if item]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog=program("keras_fastres.benchmark"), formatter_class=HelpFormatter,
+        description="Training speed of the block variants side by side in one process, with "
+                    "FLOPs and the device's matmul peak; or the serving speed of the exports "
+                    "(--inference), or the input pipeline's (--pipeline).")
+    parser.add_argument("--depths", type=csv_list(int), default=None,
+                        help=f"comma-separated (default: {DEPTHS}; with --inference "
+                             f"{INFERENCE_DEPTHS})")
+    parser.add_argument("--variants", type=csv_list(), default=None,
+                        help=f"comma-separated (default: {VARIANTS}; with --inference "
+                             f"{INFERENCE_VARIANTS})")
+    parser.add_argument("--inference", action="store_true",
+                        help="time the exported models serving instead of training (needs "
+                             "the onnx extra); --rounds applies, --steps, --precisions, "
+                             "--batch-norm and --jit-compile do not")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="time the training input pipeline alone (one epoch of CIFAR-shaped "
+                             "data per round; --batch-size and --rounds apply)")
+    parser.add_argument("--batch-size", type=positive_integer, default=BATCH_SIZE,
+                        help="images per step")
+    parser.add_argument("--rounds", type=positive_integer, default=ROUNDS,
+                        help="each round times every model once; the median is reported")
+    parser.add_argument("--steps", type=positive_integer, default=STEPS,
+                        help="timed steps per round")
+    parser.add_argument("--precisions", type=csv_list(), default="float32",
+                        help=f"any of {','.join(PRECISIONS)}")
+    parser.add_argument("--batch-norm", type=csv_list(), default="auto",
+                        help=f"any of {','.join(batch_norm.IMPLEMENTATIONS)}; auto: the "
+                             f"models' default (TensorFlow's fused kernel on TensorFlow, Keras's elsewhere)")
+    parser.add_argument("--jit-compile", choices=("auto", "on", "off", "both"), default="auto",
+                        help="XLA; auto: as the recipes (on with GPUs, off on CPUs)")
+    parser.add_argument("--json", metavar="FILE", type=writable_file,
+                        help="also write the full report as JSON (checked before the run)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print a Markdown table instead of a text one")
+    args = parser.parse_args(argv)
+    args.depths = args.depths or csv_list(int)(INFERENCE_DEPTHS if args.inference else DEPTHS)
+    args.variants = args.variants or csv_list()(INFERENCE_VARIANTS if args.inference
+                                                else VARIANTS)
+    tf.get_logger().setLevel("ERROR")  # one traced train function per model is expected
+    try:
+        if args.pipeline:
+            print(f"Benchmarking the training pipeline: batch {args.batch_size}, {args.rounds} "
+                  f"epochs of 50,000 images.", file=sys.stderr)
+            report = run_pipeline_benchmark(args.batch_size, args.rounds, progress=print_progress)
+        elif args.inference:
+            from keras_fastres.inference_benchmark import run_inference_benchmark
+            print(f"Benchmarking serving: depths {args.depths}, variants {args.variants}, "
+                  f"batch {args.batch_size} and batch 1, {args.rounds} rounds.", file=sys.stderr)
+            report = run_inference_benchmark(args.depths, args.variants, args.batch_size,
+                                             args.rounds, progress=print_progress)
+        else:
+            jit = {"auto": [None], "on": [True], "off": [False],
+                   "both": [False, True]}[args.jit_compile]
+            print(f"Benchmarking depths {args.depths}, variants {args.variants}, precisions "
+                  f"{args.precisions}, BN {args.batch_norm}, XLA {args.jit_compile}: batch "
+                  f"{args.batch_size}, {args.rounds} rounds x {args.steps} timed steps per "
+                  f"model.", file=sys.stderr)
+            report = run_benchmark(args.depths, args.variants, args.batch_size, args.rounds,
+                                   args.steps, precisions=args.precisions, jit_compile=jit,
+                                   batch_norms=args.batch_norm, progress=print_progress)
+    except (ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(file=sys.stderr)
+    print(format_markdown(report) if args.markdown else format_table(report))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,9 @@ in `v1` only, since only `v1` adds normalised branches). The shortcut always tak
 input X, exactly as the paper's equations write it.
 """
 
+import math
+import numbers
+
 import keras
 from keras import layers, ops
 
@@ -21,8 +24,16 @@ from keras_fastres.batch_norm import bn_layer, check_implementation
 SHORTCUTS = ("A", "B")
 
 
+def check_weight_decay(weight_decay):
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or not (
+            0 <= weight_decay < math.inf):
+        raise ValueError(f"weight_decay must be a number >= 0 (the paper's 1e-4; 0 turns it "
+                         f"off), got {weight_decay!r}.")
+
+
 def kernel_regularizer(weight_decay):
     """L2 penalty whose gradient is `weight_decay * w` (Keras's L2(l) differentiates to 2*l*w)."""
+    check_weight_decay(weight_decay)
     return keras.regularizers.L2(weight_decay / 2) if weight_decay else None
 
 

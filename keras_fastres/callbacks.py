@@ -75,7 +75,9 @@ class EpochTimer(keras.callbacks.Callback):
 
 class HistoryCSV(keras.callbacks.Callback):
     """One CSV row per epoch: epoch (1-based), loss (mean training cross-entropy), accuracy,
-    test_loss, test_error, learning_rate, epoch_seconds, images_per_second.
+    test_loss, test_error, learning_rate, epoch_seconds, images_per_second. The test columns
+    come from the logs of `distribute.Trainer` (test_loss, test_error), or from Keras fit()'s
+    val_loss and val_accuracy.
 
     The file is rewritten atomically at each epoch end, replacing any row of the same or a later
     epoch, so a run that is killed and resumed ends with exactly one row per epoch.
@@ -90,9 +92,10 @@ class HistoryCSV(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
-        row = {"epoch": epoch + 1, "test_loss": logs.get("val_loss"),
-               "test_error": 1.0 - logs["val_accuracy"] if "val_accuracy" in logs else None}
-        row.update({key: logs.get(key) for key in self.COLUMNS if key not in row})
+        if "test_error" not in logs and "val_accuracy" in logs:  # under Keras's fit()
+            logs.update(test_loss=logs.get("val_loss"), test_error=1.0 - logs["val_accuracy"])
+        row = {key: logs.get(key) for key in self.COLUMNS}
+        row["epoch"] = epoch + 1
         rows = [r for r in read_history(self.path) if int(r["epoch"]) <= epoch] + [row]
         _write_history(self.path, rows)
 

@@ -8,6 +8,7 @@ of the data.
 
 import contextlib
 import io
+import logging
 import os
 import pickle
 import socket
@@ -58,7 +59,8 @@ HOW_TO_PROVIDE = (
     "Provide the data in one of these ways: (1) on a machine with internet, run once with "
     "--source tfds --data-dir DIR to download and prepare it, then copy DIR; (2) download "
     "{archive} from https://www.cs.toronto.edu/~kriz/cifar.html and pass --source archive "
-    "--data-dir with the file or the folder holding it (or its extracted {folder}/ folder).")
+    "--data-dir with the file or the folder holding it (or its extracted {folder}/ folder). To "
+    "try the recipe without CIFAR, --synthetic trains on random images (smoke runs only).")
 
 
 class DataUnavailableError(RuntimeError):
@@ -168,7 +170,16 @@ def _load_tfds(name, data_dir, download):
 
     builder = tfds.builder(name, data_dir=data_dir)
     archive, folder, _, _ = ARCHIVES[name]
-    if not builder.is_prepared():
+    # TFDS warns (through absl) that an unprepared version folder has no dataset_info.json;
+    # the message below says that, and what to do.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        prepared = builder.is_prepared()
+    finally:
+        absl_logger.setLevel(level)
+    if not prepared:
         help_text = HOW_TO_PROVIDE.format(archive=archive, folder=folder)
         if not download:
             raise DataUnavailableError(

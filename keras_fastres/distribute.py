@@ -10,7 +10,6 @@ bar, schedule, timer, history, TensorBoard, TerminateOnNaN). Checked here: two l
 workers end with identical weights, and two logical CPUs match one device.
 """
 
-import json
 import os
 
 import keras
@@ -162,7 +161,7 @@ class Trainer:
     def fit(self, train_data, test_data, epochs, callbacks, initial_epoch=0, verbose=1):
         """Epochs `initial_epoch` .. `epochs - 1` of `train_data` (a `data.TrainingData`),
         evaluating on `test_data` after each, with fit()'s callback protocol; returns the last
-        epoch's logs."""
+        epoch's logs: loss, accuracy, test_loss, test_error."""
         callbacks = keras.callbacks.CallbackList(
             callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
             epochs=epochs, steps=train_data.steps_per_epoch, model=self.model)
@@ -181,55 +180,10 @@ class Trainer:
                     break
             epoch_logs = self._logs()
             test_logs = self.evaluate(test_data, callbacks)
-            epoch_logs.update({f"val_{key}": value for key, value in test_logs.items()})
+            # Named as in history.csv and metrics.json, on the console too.
+            epoch_logs.update(test_loss=test_logs["loss"], test_error=1.0 - test_logs["accuracy"])
             callbacks.on_epoch_end(epoch, epoch_logs)
             if model.stop_training:
                 break
         callbacks.on_train_end(epoch_logs)
         return epoch_logs
-
-
-class Backup(keras.callbacks.Callback):
-    """Model and optimizer state after every finished epoch, with the run's experiment (its
-    settings and seed), written by the chief only (so workers never race on one file) and read
-    by every worker when a run starts again.
-
-    `stored_experiment()` is the experiment of the run being continued (None for a new run);
-    `restore()` returns the number of finished epochs (0 for a new run).
-    """
-
-    def __init__(self, directory, write=True):
-        super().__init__()
-        self.directory = directory
-        self.write = write
-        self.experiment = None  # set by the run before training (training.experiment)
-        self.weights = os.path.join(directory, "latest.weights.h5")
-        self.state = os.path.join(directory, "state.json")
-
-    def _read_state(self):
-        if not os.path.exists(self.state):
-            return None
-        with open(self.state) as file:
-            return json.load(file)
-
-    def stored_experiment(self):
-        state = self._read_state()
-        return None if state is None else state.get("experiment")
-
-    def restore(self, model):
-        state = self._read_state()
-        if state is None:
-            return 0
-        model.load_weights(self.weights)
-        return state["finished_epochs"]
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self.write or self.model.stop_training:
-            return
-        os.makedirs(self.directory, exist_ok=True)
-        temporary = self.weights.replace(".weights.h5", ".tmp.weights.h5")
-        self.model.save_weights(temporary)
-        os.replace(temporary, self.weights)
-        with open(self.state + ".tmp", "w") as file:
-            json.dump({"finished_epochs": epoch + 1, "experiment": self.experiment}, file)
-        os.replace(self.state + ".tmp", self.state)

@@ -19,12 +19,14 @@ import argparse
 import os
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from keras_fastres.batch_norm import BatchNorm
+from keras_fastres.console import HelpFormatter, positive_integer, program
 from keras_fastres.models import CONV_BN_PAIRS
 
 MODEL_FILE = "model.keras"  # what the recipes save at the end of a run
@@ -84,9 +86,12 @@ def _input_size(model):
     return height, width
 
 
-def _serving_function(model, fold_batch_norm):
+def _serving_function(model, fold_batch_norm, empty_batches=True):
     """`serve`: images (uint8 or float32 [batch, H, W, 3]) -> {"probabilities", "classes"},
-    checking the image shape at call time; and the model it runs (`model` or its folded copy)."""
+    checking the image shape at call time; and the model it runs (`model` or its folded copy).
+    With `empty_batches`, a batch of 0 images is answered with empty outputs: TensorFlow's
+    oneDNN convolutions fail on one, so the model runs on one blank image instead and its
+    answer is dropped. (onnxruntime needs no such guard.)"""
     height, width = _input_size(model)
     served = fold_batch_norms(model) if fold_batch_norm else model
     probabilities = _probabilities_fn(served)
@@ -100,8 +105,12 @@ def _serving_function(model, fold_batch_norm):
             shape, tf.constant([height, width, 3, -1]),
             message=f"images must have shape {expected}; resize them to {height}x{width} RGB "
                     f"before calling this model")
-        pixels = tf.cast(images, tf.float32)
-        result = tf.cast(probabilities(pixels), tf.float32)
+        count = tf.shape(images)[0]
+        if empty_batches:  # one blank image appended to an empty batch; nothing to others
+            images = tf.pad(images, [[0, tf.maximum(1 - count, 0)], [0, 0], [0, 0], [0, 0]])
+        result = tf.cast(probabilities(tf.cast(images, tf.float32)), tf.float32)
+        if empty_batches:
+            result = result[:count]
         return {"probabilities": result, "classes": tf.argmax(result, axis=-1)}
     return serve, served
 
@@ -125,10 +134,39 @@ def _version_dir(export_dir, version):
 
 
 def _new_target(target):
+    _remove_leftovers(target.parent)
     if target.exists():
         raise FileExistsError(f"{target} already exists; a new version never overwrites an old "
                               f"one. Choose another version or export directory.")
     return target
+
+
+def _temporary(target):
+    """The hidden sibling a target is written into before it is renamed into place."""
+    return target.parent / f".{target.name}.incomplete-{os.getpid()}"
+
+
+def _remove_leftovers(directory):
+    """Removes the hidden temporaries that exports killed while writing left in `directory`
+    (those of a process still running are its work in progress, and stay)."""
+    for path in directory.glob(".*.incomplete-*") if directory.is_dir() else ():
+        pid = path.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or _process_exists(int(pid)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def export_saved_model(model, export_dir, version="auto", fold_batch_norm=True):
@@ -164,7 +202,7 @@ def export_saved_model(model, export_dir, version="auto", fold_batch_norm=True):
             tf.TensorSpec([None, height, width, 3], dtype, name="images")])
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.parent / f".{target.name}.incomplete-{os.getpid()}"
+    temporary = _temporary(target)
     try:
         archive.write_out(str(temporary), verbose=False)
         os.rename(temporary, target)  # atomic on one file system; fails if target appeared
@@ -199,7 +237,7 @@ def export_onnx(model, path, fold_batch_norm=True):
         raise ImportError('ONNX export needs tf2onnx: pip install "keras-fastres[onnx]".') from None
     height, width = _input_size(model)
     target = _new_target(Path(path))
-    serve, _ = _serving_function(model, fold_batch_norm)
+    serve, _ = _serving_function(model, fold_batch_norm, empty_batches=False)
     function = tf.function(serve).get_concrete_function(
         tf.TensorSpec([None, height, width, 3], tf.uint8, name="images"))
     # Frozen first: converted with its variables (and the Normalization layer's constants) as
@@ -213,7 +251,7 @@ def export_onnx(model, path, fold_batch_norm=True):
                                  **{tensor: name for name, tensor in outputs.items()}})
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.parent / f".{target.name}.incomplete-{os.getpid()}"
+    temporary = _temporary(target)
     try:
         temporary.write_bytes(proto.SerializeToString())
         os.rename(temporary, target)
@@ -240,12 +278,21 @@ def load_for_export(path):
         raise FileNotFoundError(
             f"No model at {model_file}. Give a finished recipe run directory (it holds "
             f"{MODEL_FILE}) or a .keras file.")
-    return keras.saving.load_model(model_file)
+    if not zipfile.is_zipfile(model_file):  # Keras would call it "File not found"
+        raise ValueError(
+            f"{model_file} is not a complete .keras file (a zip archive; this one, "
+            f"{model_file.stat().st_size} bytes, is truncated or damaged). Save the model again, "
+            f"or train its run again.")
+    try:
+        return keras.saving.load_model(model_file)
+    except (TypeError, ValueError, KeyError, OSError) as error:
+        raise ValueError(f"{model_file} cannot be loaded as a Keras model: "
+                         f"{str(error).splitlines()[0][:300]}") from None
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m keras_fastres.export",
+        prog=program("keras_fastres.export"), formatter_class=HelpFormatter,
         description="Export a trained FastResNet for serving: a SavedModel (TF Serving) or an "
                     "ONNX model (onnxruntime, Triton).")
     parser.add_argument("--model", required=True,
@@ -253,10 +300,10 @@ def main(argv=None):
     parser.add_argument("--export-dir", required=True,
                         help="base directory; the SavedModel goes to <export-dir>/<version>/, "
                              f"the ONNX model to <export-dir>/<version>/{ONNX_FILE}")
-    parser.add_argument("--version", type=int, default=None,
-                        help="version number (default: the next free one)")
+    parser.add_argument("--version", type=positive_integer, default=None,
+                        help="version number, 1 or more (default: the next free one)")
     parser.add_argument("--format", choices=FORMATS, default="saved_model",
-                        help="saved_model (default) or onnx (needs the onnx extra)")
+                        help="saved_model (TF Serving) or onnx (needs the onnx extra)")
     parser.add_argument("--no-fold", action="store_true",
                         help="keep every BatchNorm (default: fold those that follow a "
                              "convolution into it)")
@@ -264,7 +311,7 @@ def main(argv=None):
     try:
         require_tensorflow_backend("Export")
         model = load_for_export(args.model)
-        version = args.version or "auto"
+        version = "auto" if args.version is None else args.version
         if args.format == "onnx":
             target = export_onnx(model, _version_dir(args.export_dir, version) / ONNX_FILE,
                                  fold_batch_norm=not args.no_fold)

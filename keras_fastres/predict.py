@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres.data import CLASS_NAMES
+from keras_fastres.console import HelpFormatter, positive_integer, program
 
 
 def find_saved_model(export_dir):
@@ -42,8 +43,20 @@ def load_image(path, height, width):
     return image
 
 
+def check_image_files(image_paths):
+    """A ValueError naming the first path that is not a readable file (before any model loads)."""
+    for path in map(Path, image_paths):
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; give image files (e.g. {path}/*.png).")
+        if not path.is_file():
+            raise ValueError(f"{path}: no such image file.")
+
+
 def predict(export_dir, image_paths, top=3):
     """[(path, [(class name, probability), ...top]), ...] for each image file."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be an integer >= 1, got {top!r}.")
+    check_image_files(image_paths)
     serve = tf.saved_model.load(str(find_saved_model(export_dir))).signatures["serving_default"]
     height, width = serve.structured_input_signature[1]["images"].shape[1:3]
     images = tf.stack([load_image(path, height, width) for path in image_paths])
@@ -57,11 +70,13 @@ def predict(export_dir, image_paths, top=3):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m keras_fastres.predict",
+    parser = argparse.ArgumentParser(prog=program("keras_fastres.predict"),
+                                     formatter_class=HelpFormatter,
                                      description="Top classes of image files.")
     parser.add_argument("export_dir", help="an exported SavedModel or its versioned base dir")
     parser.add_argument("images", nargs="+", help="PNG/JPEG/GIF/BMP files, any size")
-    parser.add_argument("--top", type=int, default=3)
+    parser.add_argument("--top", type=positive_integer, default=3,
+                        help="how many classes to print per image")
     args = parser.parse_args(argv)
     try:
         results = predict(args.export_dir, args.images, args.top)

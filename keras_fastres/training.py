@@ -7,8 +7,8 @@ A run writes into its output directory:
     model.keras      the trained model (keras.saving.load_model after `import keras_fastres`)
     export/1/        with `export`: a SavedModel for serving (keras_fastres.export)
     tensorboard/     TensorBoard logs
-    backup/          the last finished epoch while the run is unfinished (distribute.Backup):
-                     running the same command again continues from there
+    backup/          the last two finished epochs while the run is unfinished (backup.Backup):
+                     running the same command again continues from the newest one
 Training runs in distribute.Trainer under a tf.distribute strategy (one device by default);
 only the chief writes these outputs.
 """
@@ -31,7 +31,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fastres import batch_norm, callbacks, data, distribute, models, plots
+from keras_fastres import batch_norm, blocks, callbacks, data, distribute, models, plots
+from keras_fastres.backup import Backup
+from keras_fastres.console import HelpFormatter, program
 from keras_fastres.export import export_saved_model, require_tensorflow_backend
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -87,6 +89,7 @@ def check_config(config):
     data.check_source(config.source)
     batch_norm.check_implementation(config.batch_norm)
     models.blocks_per_stage(config.depth)
+    blocks.check_weight_decay(config.weight_decay)
     for name in ("epochs", "batch_size"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -103,7 +106,19 @@ def check_config(config):
         raise ValueError(f"lr_scaling must be None or 'linear', got {config.lr_scaling!r}.")
     if config.data_dir and config.source != "tfds" and not Path(config.data_dir).exists():
         raise ValueError(f"data_dir {config.data_dir} does not exist.")
+    check_output_dir(config.run_dir())
     check_not_finished(config.run_dir())
+
+
+def check_output_dir(run_dir):
+    """A ValueError when `run_dir` is a file or cannot be created (checked before any work)."""
+    existing = next(path for path in (run_dir, *run_dir.parents) if path.exists())
+    if not existing.is_dir():
+        raise ValueError(f"The output directory {run_dir} cannot be created: {existing} is a "
+                         f"file. Pass another --output-dir.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"The output directory {run_dir} cannot be created: no permission to "
+                         f"write in {existing}. Pass another --output-dir.")
 
 
 def check_not_finished(run_dir):
@@ -199,7 +214,9 @@ def _train(config, run_dir, strategy, chief):
         raise ValueError(
             "XLA cannot compile a training step that spans several CPU replicas or CPU "
             "workers in TensorFlow; use --jit-compile off (the default on CPUs).")
-    backup = distribute.Backup(str(run_dir / "backup"), write=chief)
+    backup = Backup(run_dir / "backup", write=chief)
+    if chief:
+        backup.remove_leftovers()
     stored = backup.stored_experiment()
     seed = run_seed(config, stored, strategy)
     backup.experiment = experiment(config, seed)
@@ -226,6 +243,8 @@ def _train(config, run_dir, strategy, chief):
 
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in run_dir.glob("*.tmp"):  # files a killed run was replacing
+            leftover.unlink()
     finished_epochs = backup.restore(model)
     if finished_epochs and chief:
         # A kill between an epoch's history row and its backup leaves a row the run redoes.
@@ -261,7 +280,10 @@ def _train(config, run_dir, strategy, chief):
         "timed_epochs": len(timed),
         "train_images": len(cifar.train.labels),
         "test_images": len(cifar.test.labels),
-        "parameters": model.count_params(),
+        # Trainable: the count the README's tables and the paper's reference nets give;
+        # total adds the BN moving statistics and the input normalisation's mean and std.
+        "trainable_parameters": sum(math.prod(w.shape) for w in model.trainable_weights),
+        "total_parameters": model.count_params(),
         "replicas": replicas,
         "outputs": str(run_dir) if chief else None,
         **{key: value for key, value in dataclasses.asdict(config).items()
@@ -311,7 +333,7 @@ def check_same_experiment(stored, current, run_dir):
         raise ValueError(
             f"{run_dir} holds an unfinished run of another experiment ({'; '.join(changed)}). "
             f"To continue it, run the command that started it (its settings are in "
-            f"{run_dir / 'backup' / 'state.json'}); for a new experiment, pass another "
+            f"{run_dir / 'backup' / 'epoch-*' / 'state.json'}); for a new experiment, pass another "
             f"--output-dir.")
 
 
@@ -361,23 +383,39 @@ def describe_device():
     return f"CPU: {model}, {os.cpu_count()} cores"
 
 
-def parse_args(defaults, argv=None):
-    """The recipes' command line; `defaults` is the recipe's TrainConfig."""
+def parse_args(defaults, argv=None, choose_dataset=False):
+    """The recipes' command line; `defaults` is the recipe's TrainConfig. `choose_dataset` adds
+    --dataset (fastres-train)."""
     parser = argparse.ArgumentParser(
-        description=f"Train a CIFAR ResNet on {defaults.dataset} with the paper's recipe.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog=program("keras_fastres.training") if choose_dataset else None,
+        description=f"Train a CIFAR ResNet on "
+                    f"{'CIFAR-10 or CIFAR-100' if choose_dataset else defaults.dataset} with "
+                    f"the paper's recipe. A killed run continues from its last finished epoch "
+                    f"when the same command is run again.",
+        formatter_class=HelpFormatter)
+    if choose_dataset:
+        parser.add_argument("--dataset", choices=data.DATASETS, default=defaults.dataset,
+                            help="the data set, and its mean and std in the model")
     parser.add_argument("--depth", type=int, default=defaults.depth, help="6n+2")
-    parser.add_argument("--variant", choices=sorted(models.BLOCKS), default=defaults.variant)
-    parser.add_argument("--shortcut", choices=models.SHORTCUTS, default=defaults.shortcut)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--variant", choices=sorted(models.BLOCKS), default=defaults.variant,
+                        help="type1: FastResNet; preact: the paper's baseline; type2: its "
+                             "ablation; v1: the original ResNet")
+    parser.add_argument("--shortcut", choices=models.SHORTCUTS, default=defaults.shortcut,
+                        help="at stride-2 blocks: A zero-pads, B projects (1x1 convolution)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help="the learning rate drops 10x at 50%% and 75%% of them")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="the global batch (over all replicas)")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                        help="SGD with Nesterov momentum 0.9, weight decay 1e-4")
     parser.add_argument("--drop-path-rate", type=float, default=defaults.drop_path_rate,
-                        help="stochastic depth, last block's drop rate")
+                        help="stochastic depth, last block's drop rate (0: off)")
     parser.add_argument("--extra-augmentation", nargs="*", choices=data.EXTRA_AUGMENTATIONS,
                         default=list(defaults.extra_augmentation),
-                        help="beyond the paper's crop and flip")
-    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
+                        help="beyond the paper's crop and flip (default: none)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                        help="mixed_bfloat16: bf16 activations (fast on CPUs with AMX-BF16); "
+                             "mixed_float16: fp16 with loss scaling (GPUs)")
     parser.add_argument("--batch-norm", choices=batch_norm.IMPLEMENTATIONS,
                         default=defaults.batch_norm,
                         help="auto: TensorFlow's fused kernel; keras: Keras's layer")
@@ -388,28 +426,35 @@ def parse_args(defaults, argv=None):
                              "configured by TF_CONFIG")
     parser.add_argument("--cpu-replicas", type=int, default=None,
                         help="with --strategy mirrored and no GPUs: that many logical CPU "
-                             "devices (to try data parallelism)")
+                             "devices (to try data parallelism); default: none")
     parser.add_argument("--lr-scaling", choices=("none", "linear"), default="none",
                         help="linear: learning rate x batch size / 128 (the batch is global)")
-    parser.add_argument("--source", choices=data.SOURCES, default=defaults.source)
+    parser.add_argument("--source", choices=data.SOURCES, default=defaults.source,
+                        help="tfds: downloads CIFAR on first use; archive: the official "
+                             "cifar-*-python.tar.gz in --data-dir; synthetic: random images")
     parser.add_argument("--synthetic", action="store_true",
                         help="shorthand for --source synthetic (smoke runs and benchmarks only)")
     parser.add_argument("--synthetic-size", type=int, nargs=2, metavar=("TRAIN", "TEST"),
                         default=list(defaults.synthetic_size), help="images of the synthetic source")
     parser.add_argument("--data-dir", default=defaults.data_dir,
-                        help="TFDS data_dir, or the CIFAR python archive / its folder")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+                        help="TFDS data_dir (None: TFDS's default, ~/tensorflow_datasets), or "
+                             "the CIFAR python archive / its folder")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="fixes weights, data order and augmentation (None: one is drawn "
+                             "and stored with the run)")
     parser.add_argument("--output-dir", default=None,
-                        help="default: runs/<dataset>-resnet<depth>-<variant>[-seed<seed>]")
+                        help="None: runs/<dataset>[-synthetic]-resnet<depth>-<variant>"
+                             "[-seed<seed>]")
     parser.add_argument("--export", action="store_true",
-                        help="write a SavedModel for serving at the end")
+                        help="write a SavedModel for serving at the end (default: no)")
     parser.add_argument("--compare", nargs="+", metavar="RUN_DIR",
                         help="plot the test error of finished runs on one figure and exit")
     args = parser.parse_args(argv)
     if args.compare:
         return args
     return dataclasses.replace(
-        defaults, depth=args.depth, variant=args.variant, shortcut=args.shortcut,
+        defaults, dataset=getattr(args, "dataset", defaults.dataset), depth=args.depth,
+        variant=args.variant, shortcut=args.shortcut,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         drop_path_rate=args.drop_path_rate, extra_augmentation=tuple(args.extra_augmentation),
         source="synthetic" if args.synthetic else args.source, data_dir=args.data_dir,
@@ -421,9 +466,10 @@ def parse_args(defaults, argv=None):
         seed=args.seed, output_dir=args.output_dir, export=args.export)
 
 
-def main(defaults, argv=None):
-    """Entry point of the recipes: parse, train, print the result; errors as one clear line."""
-    parsed = parse_args(defaults, argv)
+def main(defaults, argv=None, choose_dataset=False):
+    """Entry point of the recipes (and fastres-train, with `choose_dataset`): parse, train,
+    print the result; errors as one clear line."""
+    parsed = parse_args(defaults, argv, choose_dataset)
     try:
         if isinstance(parsed, argparse.Namespace):
             figure = Path(parsed.output_dir or ".") / "comparison.png"
@@ -431,14 +477,17 @@ def main(defaults, argv=None):
             print(f"Wrote {figure}")
             return 0
         metrics = train(parsed)
-    except (ValueError, data.DataUnavailableError, RunFailed) as error:
+    except (ValueError, data.DataUnavailableError, RunFailed, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1
     except tf.errors.OpError as error:
-        # Under multi-worker, a lost worker aborts every other worker's collectives.
-        print(f"error: TensorFlow: {error.message.splitlines()[0]}\nIf a worker was lost, start "
-              f"every worker again with the same command: the run continues from its last "
-              f"finished epoch (saved in {parsed.run_dir() / 'backup'}).", file=sys.stderr)
+        message = f"error: TensorFlow: {error.message.splitlines()[0]}"
+        if parsed.strategy == "multi-worker":
+            # A lost worker aborts every other worker's collectives.
+            message += (f"\nIf a worker was lost, start every worker again with the same "
+                        f"command: the run continues from its last finished epoch (saved in "
+                        f"{parsed.run_dir() / 'backup'}).")
+        print(message, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\nInterrupted. Run the same command again to continue from the last finished "

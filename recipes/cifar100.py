@@ -11,9 +11,10 @@ Killed runs continue from their last finished epoch when the same command is run
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: quiet C++ logs
+# A command: TensorFlow's C++ start-up logs stay quiet (TF_CPP_MIN_LOG_LEVEL=0 shows them).
+os.environ.setdefault("KERAS_FASTRES_COMMAND", "1")
 
-from keras_fastres.training import TrainConfig, main
+from keras_fastres.training import TrainConfig, main  # noqa: E402
 
 PAPER = TrainConfig(
     dataset="cifar100",

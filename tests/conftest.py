@@ -4,7 +4,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import io
-import json
 import pickle
 import tarfile
 import time
@@ -44,12 +43,8 @@ def write_cifar_archive(directory, name, train, test, packed=True):
 
 def wait_for_backup(run_dir, process, timeout=300):
     """Waits until the run in `run_dir` has backed up a finished epoch (or `process` ended)."""
-    state = run_dir / "backup" / "state.json"
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
-        try:
-            if json.loads(state.read_text())["finished_epochs"] >= 1:
-                return
-        except (OSError, ValueError, KeyError):  # not written yet, or being replaced
-            pass
+        if any((run_dir / "backup").glob("epoch-*/state.json")):  # complete when visible
+            return
         time.sleep(0.02)

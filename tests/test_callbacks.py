@@ -65,7 +65,7 @@ def test_history_replaces_rows_of_epochs_run_again(tmp_path):
     path = tmp_path / "history.csv"
     writer = HistoryCSV(path)
     for epoch in (0, 1, 2, 1, 2, 3):  # a run killed after epoch 3 whose backup held epoch 1
-        writer.on_epoch_end(epoch, {"loss": float(epoch), "accuracy": 0.5, "val_accuracy": 0.75})
+        writer.on_epoch_end(epoch, {"loss": float(epoch), "accuracy": 0.5, "test_error": 0.25})
     rows = read_history(path)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[0]["test_error"]) == 0.25
@@ -74,7 +74,7 @@ def test_history_replaces_rows_of_epochs_run_again(tmp_path):
 def test_truncating_drops_only_rows_past_the_backup(tmp_path):
     history = HistoryCSV(tmp_path / "history.csv")
     for epoch in range(3):
-        history.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "val_accuracy": 0.5})
+        history.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "test_error": 0.5})
     truncate_history(tmp_path / "history.csv", 3)
     assert [int(r["epoch"]) for r in read_history(tmp_path / "history.csv")] == [1, 2, 3]
     truncate_history(tmp_path / "history.csv", 2)

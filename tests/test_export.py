@@ -30,12 +30,14 @@ images = np.load(inputs)
 results = {}
 for name, path in exports.items():
     loaded = tf.saved_model.load(path)
-    for batch in (1, 7):
+    for batch in (0, 1, 7):
         out = loaded.signatures["serving_default"](images=tf.constant(images[:batch]))
         results[f"{name}-{batch}-probabilities"] = out["probabilities"].numpy()
         results[f"{name}-{batch}-classes"] = out["classes"].numpy()
     floats = loaded.signatures["serving_float"](images=tf.constant(images.astype(np.float32)))
     results[f"{name}-float-probabilities"] = floats["probabilities"].numpy()
+    empty = loaded.signatures["serving_float"](images=tf.zeros([0, 32, 32, 3], tf.float32))
+    results[f"{name}-float-empty"] = empty["probabilities"].numpy()
 np.savez(outputs, **results)
 assert "keras_fastres" not in sys.modules and "keras" not in sys.modules, "imported Keras"
 """
@@ -94,6 +96,11 @@ def test_every_variant_serves_without_this_package(tmp_path):
             assert classes.dtype == np.int64
             np.testing.assert_array_equal(classes, np.argmax(expected[:batch], axis=1))
         assert np.max(np.abs(served[f"{variant}-float-probabilities"] - expected)) < 1e-5
+        # An empty batch is answered with empty outputs (TensorFlow's convolutions would fail).
+        assert served[f"{variant}-0-probabilities"].shape == (0, 10)
+        assert served[f"{variant}-0-probabilities"].dtype == np.float32
+        assert served[f"{variant}-0-classes"].shape == (0,)
+        assert served[f"{variant}-float-empty"].shape == (0, 10)
 
 
 def test_saved_model_cli_shows_and_runs_the_signature(tmp_path):
@@ -201,16 +208,56 @@ def test_export_cli_and_predict_on_image_files(tmp_path):
     assert lines[0].split(": ")[1].startswith(f"{best} ")
     assert all(line.count("%") == 2 for line in lines)
 
-    (tmp_path / "broken.png").write_bytes(b"not an image")
-    broken = subprocess.run(
-        [sys.executable, "-m", "keras_fastres.predict", str(tmp_path / "serving"),
-         str(tmp_path / "broken.png")], capture_output=True, text=True, env=ENV, timeout=300)
-    assert broken.returncode == 1 and "Cannot read" in broken.stderr
 
-    missing = subprocess.run(
-        [sys.executable, "-m", "keras_fastres.export", "--model", str(tmp_path / "nothing"),
-         "--export-dir", str(tmp_path / "x")], capture_output=True, text=True, env=ENV)
-    assert missing.returncode == 1 and "No model at" in missing.stderr
+
+def test_bad_inputs_to_the_export_and_predict_commands_are_one_line_each(tmp_path, capsys):
+    from keras_fastres import export, predict
+
+    export_dir = export_saved_model(FastResNet(8), tmp_path / "serving")
+    FastResNet(8).save(tmp_path / "model.keras")
+    written = (tmp_path / "model.keras").read_bytes()
+    (tmp_path / "truncated.keras").write_bytes(written[: len(written) // 2])
+    (tmp_path / "empty.keras").write_bytes(b"")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+
+    def one_line(command, argv, code, message):
+        if code == 2:  # argparse refuses the argument itself
+            with pytest.raises(SystemExit) as exit:
+                command.main(argv)
+            assert exit.value.code == 2
+            error = capsys.readouterr().err.splitlines()[-1]
+        else:
+            assert command.main(argv) == code
+            error = capsys.readouterr().err
+            assert error.count("\n") == 1, error
+        assert message in error, error
+
+    one_line(predict, [str(export_dir), str(tmp_path / "broken.png")], 1, "Cannot read")
+    one_line(predict, [str(export_dir), str(tmp_path)], 1, f"{tmp_path} is a folder")
+    one_line(predict, [str(export_dir), str(tmp_path / "cat.png")], 1, "no such image file")
+    one_line(predict, [str(tmp_path / "nothing"), str(tmp_path / "broken.png")], 1,
+             f"No SavedModel in {tmp_path / 'nothing'}")
+    one_line(predict, [str(export_dir), str(tmp_path / "broken.png"), "--top", "0"], 2,
+             "--top: must be an integer >= 1, got '0'")
+    target = ["--export-dir", str(tmp_path / "out")]
+    one_line(export, ["--model", str(tmp_path / "nothing"), *target], 1, "No model at")
+    for damaged in ("truncated.keras", "empty.keras"):
+        one_line(export, ["--model", str(tmp_path / damaged), *target], 1,
+                 f"{tmp_path / damaged} is not a complete .keras file")
+    one_line(export, ["--model", str(tmp_path / "model.keras"), *target, "--version", "0"], 2,
+             "--version: must be an integer >= 1, got '0'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_exports_killed_while_writing_leave_temporaries_the_next_export_removes(tmp_path):
+    root = tmp_path / "serving"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (root / f".1.incomplete-{dead}" / "variables").mkdir(parents=True)  # killed mid-write
+    (root / f".model.onnx.incomplete-{dead}").write_bytes(b"half")
+    (root / f".2.incomplete-{os.getpid()}").mkdir()  # a running export's: left alone
+    assert export_saved_model(FastResNet(8), root) == root / "1"
+    assert sorted(p.name for p in root.iterdir()) == [f".2.incomplete-{os.getpid()}", "1"]
 
 
 def model_with_moved_statistics(variant, shortcut="A", seed=0):

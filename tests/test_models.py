@@ -216,6 +216,8 @@ def test_any_input_size_the_stages_can_halve():
     ({"shortcut": "C"}, r"\('A', 'B'\), got 'C'"),
     ({"num_classes": 1}, r"num_classes must be an integer >= 2, got 1"),
     ({"drop_path_rate": 1.5}, r"drop_path_rate must be in \[0, 1\)"),
+    ({"weight_decay": -1}, r"weight_decay must be a number >= 0 .*got -1"),
+    ({"weight_decay": "1e-4"}, r"weight_decay must be a number >= 0 .*got '1e-4'"),
     ({"input_shape": (32, 32)}, r"\(height, width, channels\)"),
     ({"input_shape": (2, 32, 3)}, r"None or integers >= 4"),
     ({"input_shape": (32, 32, 1)}, r"1 channels but the normalization statistics have 3"),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,16 +14,17 @@ import pytest
 
 from conftest import wait_for_backup, write_cifar_archive
 from keras_fastres.callbacks import HistoryCSV, paper_learning_rate, read_history
-from keras_fastres.training import (TrainConfig, experiment, main, parse_args, run_lock,
-                                    train)
+from keras_fastres.training import TrainConfig, experiment, main, parse_args, train
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+# As from a user's shell: TensorFlow's log level unset, so the recipes keep it quiet.
+USER_ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 
 
-def recipe(*args, dataset="cifar10", **kwargs):
+def recipe(*args, dataset="cifar10", env=ENV):
     return subprocess.run([sys.executable, str(ROOT / "recipes" / f"{dataset}.py"), *args],
-                          capture_output=True, text=True, env=ENV, timeout=600, **kwargs)
+                          capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_recipe_end_to_end_on_synthetic_data(tmp_path):
@@ -45,6 +47,10 @@ def test_recipe_end_to_end_on_synthetic_data(tmp_path):
     assert 0 <= metrics["test_error"] <= 1 and metrics["mean_epoch_seconds"] > 0
     assert metrics["mean_epoch_seconds"] == pytest.approx(float(rows[1]["epoch_seconds"]))
     assert {"keras", "tensorflow", "keras_fastres"} <= set(metrics["versions"])
+    # The README's count for ResNet-20 type1; the total adds each BN's moving mean and
+    # variance (one BN per block of 16, 32, 64 channels, and the final one).
+    assert metrics["trainable_parameters"] == 269_146
+    assert metrics["total_parameters"] == 269_146 + 2 * (3 * (16 + 32 + 64) + 64)
 
     png = (run / "error_curve.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
@@ -116,10 +122,13 @@ def model_weights(path):
 
 def test_without_network_the_tfds_recipe_fails_fast_with_a_clear_message(tmp_path):
     start = time.monotonic()
-    result = recipe("--depth", "20", "--data-dir", str(tmp_path / "tfds"), dataset="cifar100")
+    result = recipe("--depth", "20", "--data-dir", str(tmp_path / "tfds"), dataset="cifar100",
+                    env=USER_ENV)
     assert time.monotonic() - start < 60
     assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "cannot be reached" in result.stderr and "--source archive" in result.stderr
+    assert "--synthetic" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -196,8 +205,9 @@ def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, capsys):
                "--output-dir", str(run)]
     state = {"finished_epochs": 2,
              "experiment": experiment(parse_args(TrainConfig(), started), 1)}
-    (run / "backup").mkdir(parents=True)
-    (run / "backup" / "state.json").write_text(json.dumps(state))
+    stored = run / "backup" / "epoch-0002" / "state.json"
+    stored.parent.mkdir(parents=True)
+    stored.write_text(json.dumps(state))
 
     def refused(argv, defaults=TrainConfig()):
         assert main(defaults, argv) == 2
@@ -213,17 +223,73 @@ def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, capsys):
     assert "seed" not in error.split("(")[1].split(")")[0]  # the seed was the same
     assert "seed 1 -> 2" in refused([*started[:-3], "2", *started[-2:]])
     assert "dataset 'cifar10' -> 'cifar100'" in refused(started, TrainConfig(dataset="cifar100"))
-    assert json.loads((run / "backup" / "state.json").read_text()) == state  # untouched
+    assert json.loads(stored.read_text()) == state  # untouched
     assert sorted(p.name for p in run.iterdir()) == [".lock", "backup"]
 
 
-def test_a_second_process_on_one_output_directory_is_refused(tmp_path, capsys):
+def test_a_second_process_on_one_output_directory_is_refused(tmp_path):
     run = tmp_path / "run"
-    args = ["--synthetic", "--depth", "8", "--epochs", "1", "--output-dir", str(run)]
-    with run_lock(run):  # this process is "the first", training there
-        assert main(TrainConfig(), args) == 2
+    args = ["--synthetic", "--depth", "8", "--epochs", "1000", "--synthetic-size", "256", "64",
+            "--output-dir", str(run)]
+    first = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "cifar10.py"), *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=ENV)
+    try:
+        wait_for_backup(run, first)
+        second = recipe(*args, env=USER_ENV)
+        assert first.poll() is None  # the first was training all along
+        assert second.returncode == 2
+        assert second.stderr == (f"error: Another process (PID {first.pid}) is training in "
+                                 f"{run}; wait for it to end, or pass another --output-dir.\n")
+        first.send_signal(signal.SIGINT)  # Ctrl-C: the first stops with its message
+        assert first.wait(timeout=120) == 130
+        assert "Run the same command again to continue" in first.stderr.read()
+    finally:
+        first.kill()
+    # The first's outputs are its own: one history row per backed-up or running epoch, no
+    # metrics (unfinished), its newest backup loads.
+    rows = read_history(run / "history.csv")
+    newest = max(int(p.name.split("-")[1]) for p in (run / "backup").glob("epoch-*"))
+    assert newest >= 1 and [int(r["epoch"]) for r in rows][:newest] == list(range(1, newest + 1))
+    assert not (run / "metrics.json").exists()
+
+
+def test_an_output_directory_that_cannot_be_created_is_refused_before_any_work(tmp_path,
+                                                                             capsys):
+    (tmp_path / "file").write_text("not a folder")
+    for output in (tmp_path / "file", tmp_path / "file" / "run"):
+        assert main(TrainConfig(), ["--synthetic", "--output-dir", str(output)]) == 2
         error = capsys.readouterr().err
-        assert f"Another process (PID {os.getpid()}) is training in {run}" in error
-        assert error.count("\n") == 1
-        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing of the first touched
-    assert not run.exists()  # a run that wrote nothing leaves no directory
+        assert error == (f"error: The output directory {output} cannot be created: "
+                         f"{tmp_path / 'file'} is a file. Pass another --output-dir.\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_negative_weight_decay_is_refused_as_such(tmp_path):
+    with pytest.raises(ValueError, match="weight_decay must be a number >= 0 .* got -1"):
+        train(TrainConfig(weight_decay=-1, source="synthetic", output_dir=str(tmp_path / "r")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_with_a_message(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(TrainConfig(), ["--synthetic", "--synthetic-size", "256", "64", "--depth", "8",
+                                "--epochs", "3", "--batch-size", "64", "--learning-rate", "1e12",
+                                "--seed", "0", "--output-dir", str(run)]) == 1
+    error = capsys.readouterr().err
+    assert re.match(r"error: Training stopped in epoch [12] of 3: the loss became NaN", error)
+    assert error.count("\n") == 1 and not (run / "metrics.json").exists()
+
+
+def test_tensorflow_errors_are_one_line_and_name_workers_only_in_a_cluster(monkeypatch, capsys):
+    import tensorflow as tf
+
+    from keras_fastres import training
+
+    def failing(config):
+        raise tf.errors.InternalError(None, None, "collective aborted\nstack ...")
+    monkeypatch.setattr(training, "train", failing)
+    assert main(TrainConfig(), ["--synthetic"]) == 1
+    assert capsys.readouterr().err == "error: TensorFlow: collective aborted\n"
+    assert main(TrainConfig(), ["--synthetic", "--strategy", "multi-worker"]) == 1
+    assert "If a worker was lost, start every worker again" in capsys.readouterr().err

@@ -1,0 +1,140 @@
+"""The per-epoch backup that lets a killed run continue, and that survives damage.
+
+    backup/
+        epoch-0007/   model.weights.h5 (model and optimizer state), state.json (epoch, experiment)
+        epoch-0006/   the previous generation, kept until a newer one is complete
+
+Each generation is written into a hidden temporary folder and renamed into place only when
+both of its files are complete, so a kill at any moment leaves complete generations only (and
+a hidden leftover, removed by the next run). Restoring takes the newest generation that loads;
+a damaged one (truncated by a full disk, emptied by a crash of the file system) is skipped with
+a warning, and when none loads the error names each file and what to do.
+"""
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import keras
+
+GENERATION = re.compile(r"epoch-(\d+)")
+KEEP = 2  # the newest generation and the one before it
+WEIGHTS, STATE = "model.weights.h5", "state.json"
+
+
+class BackupUnusable(ValueError):
+    """A backup exists but no generation of it can be loaded."""
+
+
+class Backup(keras.callbacks.Callback):
+    """Model and optimizer state after every finished epoch, with the run's experiment (its
+    settings and seed), written by the chief only (so workers never race on one file) and read
+    by every worker when a run starts again.
+
+    `stored_experiment()` is the experiment of the run being continued (None for a new run);
+    `restore(model)` loads the newest usable generation and returns its number of finished
+    epochs (0 for a new run).
+    """
+
+    def __init__(self, directory, write=True):
+        super().__init__()
+        self.directory = Path(directory)
+        self.write = write
+        self.experiment = None  # set by the run before training (training.experiment)
+        self._usable = None
+
+    def generations(self):
+        """The complete generations, newest first: [(finished epochs, folder), ...]."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(match.group(1)), path) for path in self.directory.iterdir()
+                 if (match := GENERATION.fullmatch(path.name))]
+        return sorted(found, reverse=True)
+
+    def remove_leftovers(self):
+        """Removes generations a killed process left half-written (call with the run's lock)."""
+        if self.directory.is_dir():
+            for path in self.directory.glob(".epoch-*.incomplete-*"):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _read_states(self):
+        """[(folder, state), ...] newest first, for the generations whose state file reads;
+        the others are reported once and skipped."""
+        if self._usable is None:
+            self._usable, self._damaged = [], []
+            for _, folder in self.generations():
+                try:
+                    state = json.loads((folder / STATE).read_text())
+                    if not isinstance(state.get("finished_epochs"), int) or (
+                            "experiment" not in state):
+                        raise ValueError("finished_epochs or experiment missing")
+                    self._usable.append((folder, state))
+                except (OSError, ValueError, KeyError, TypeError) as error:
+                    self._damaged.append(f"{folder / STATE}: {describe(error)}")
+        return self._usable
+
+    def stored_experiment(self):
+        usable = self._read_states()
+        return usable[0][1]["experiment"] if usable else None
+
+    def restore(self, model):
+        usable = self._read_states()
+        damaged = list(self._damaged)
+        for folder, state in usable:
+            try:
+                model.load_weights(folder / WEIGHTS)
+            except Exception as error:  # h5py's OSError, Keras's ValueError, ...
+                damaged.append(f"{folder / WEIGHTS}: {describe(error)}")
+                continue
+            if damaged:
+                print(f"warning: damaged backup skipped ({'; '.join(damaged)}); continuing "
+                      f"from {folder.name} instead.", file=sys.stderr, flush=True)
+            return state["finished_epochs"]
+        if damaged:
+            raise BackupUnusable(
+                f"No backup in {self.directory} can be loaded ({'; '.join(damaged)}). Delete "
+                f"{self.directory} to train this run again from its first epoch, or pass "
+                f"another --output-dir.")
+        return 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.write or self.model.stop_training:
+            return
+        self.save(epoch + 1)
+
+    def save(self, finished_epochs):
+        """Writes generation `finished_epochs` as one unit, then drops all but the newest
+        `KEEP` generations."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{finished_epochs:04d}"
+        temporary = self.directory / f".{name}.incomplete-{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir()
+        self.model.save_weights(temporary / WEIGHTS)
+        (temporary / STATE).write_text(json.dumps(
+            {"finished_epochs": finished_epochs, "experiment": self.experiment}))
+        for path in (temporary / WEIGHTS, temporary / STATE, temporary):
+            sync(path)  # on disk before the rename makes the generation visible
+        target = self.directory / name
+        shutil.rmtree(target, ignore_errors=True)  # a damaged one this run is redoing
+        os.rename(temporary, target)
+        for _, old in self.generations()[KEEP:]:
+            shutil.rmtree(old, ignore_errors=True)
+        self._usable = None
+
+
+def sync(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def describe(error):
+    """An exception as one short line."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else 'no detail'}"

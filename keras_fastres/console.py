@@ -1,0 +1,122 @@
+"""What the command-line tools share: a quiet TensorFlow start-up, argument checks, and the
+installed commands (pyproject.toml's [project.scripts]):
+
+    fastres-train       python recipes/cifar10.py; with --dataset cifar100, recipes/cifar100.py
+    fastres-export      python -m keras_fastres.export
+    fastres-predict     python -m keras_fastres.predict
+    fastres-benchmark   python recipes/benchmark.py, python -m keras_fastres.benchmark
+
+This module imports only the standard library: the package imports it before TensorFlow.
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+COMMAND_VARIABLE = "KERAS_FASTRES_COMMAND"  # set by the recipes before they import the package
+
+
+def started_as_command():
+    """True in a process started as one of this package's commands: an installed fastres-*
+    command, `python -m keras_fastres.<module>` (while runpy imports the package, argv[0] is
+    "-m"), or a recipe (which sets KERAS_FASTRES_COMMAND=1)."""
+    script = sys.argv[0] if sys.argv else ""
+    return (script == "-m" or Path(script).name.startswith("fastres-")
+            or os.environ.get(COMMAND_VARIABLE) == "1")
+
+
+@contextlib.contextmanager
+def quiet_tensorflow_start():
+    """In a command, hides what TensorFlow's C++ runtime prints while it loads and starts (the
+    oneDNN and CPU-instruction notes, "Could not find cuda drivers", a cuInit error on machines
+    without a GPU), none of which a user can act on. Python's own warnings still show. Anyone
+    who sets TF_CPP_MIN_LOG_LEVEL (e.g. 0) sees everything TensorFlow prints; so does every
+    process that imports the package as a library."""
+    if not started_as_command() or "TF_CPP_MIN_LOG_LEVEL" in os.environ or (
+            "tensorflow" in sys.modules):
+        yield
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # what TensorFlow logs once it has started
+    # What it prints while its libraries load comes before its logging is configured, so only
+    # closing the stderr file descriptor for that moment hides it.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr.close()
+        sys.stderr = python_stderr
+
+
+def program(module):
+    """The name a command's --help and errors give it: fastres-* as installed, else
+    `python -m <module>`."""
+    name = Path(sys.argv[0]).name if sys.argv else ""
+    return name if name.startswith("fastres-") else f"python -m {module}"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default; options whose default is None or off say in their
+    help what happens without them."""
+
+    def _get_help_string(self, action):
+        default = action.default
+        if default is None or default is False or default == [] or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def writable_file(text):
+    """argparse type: a file that can be written (its folder exists), checked before the work
+    that produces its content."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist; create it "
+                                         f"first")
+    if not os.access(path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"no permission to write in {path.parent}")
+    return text
+
+
+def positive_integer(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def train(argv=None):
+    """fastres-train: the paper's recipe on CIFAR-10 or, with --dataset cifar100, CIFAR-100."""
+    from keras_fastres.training import TrainConfig, main
+    return main(TrainConfig(), argv, choose_dataset=True)
+
+
+def export(argv=None):
+    from keras_fastres.export import main
+    return main(argv)
+
+
+def predict(argv=None):
+    from keras_fastres.predict import main
+    return main(argv)
+
+
+def benchmark(argv=None):
+    from keras_fastres.benchmark import main
+    return main(argv)
