@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from keras_fastres import batch_norm, blocks, callbacks, data, distribute, models, plots
 from keras_fastres.backup import Backup
-from keras_fastres.console import HelpFormatter, program
+from keras_fastres.console import HelpFormatter, positive_integer, program
 from keras_fastres.export import export_saved_model, require_tensorflow_backend
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -424,7 +424,7 @@ def parse_args(defaults, argv=None, choose_dataset=False):
     parser.add_argument("--strategy", choices=distribute.STRATEGIES, default=defaults.strategy,
                         help="auto: all local GPUs when there are several; multi-worker: "
                              "configured by TF_CONFIG")
-    parser.add_argument("--cpu-replicas", type=int, default=None,
+    parser.add_argument("--cpu-replicas", type=positive_integer, default=None,
                         help="with --strategy mirrored and no GPUs: that many logical CPU "
                              "devices (to try data parallelism); default: none")
     parser.add_argument("--lr-scaling", choices=("none", "linear"), default="none",
@@ -434,8 +434,9 @@ def parse_args(defaults, argv=None, choose_dataset=False):
                              "cifar-*-python.tar.gz in --data-dir; synthetic: random images")
     parser.add_argument("--synthetic", action="store_true",
                         help="shorthand for --source synthetic (smoke runs and benchmarks only)")
-    parser.add_argument("--synthetic-size", type=int, nargs=2, metavar=("TRAIN", "TEST"),
-                        default=list(defaults.synthetic_size), help="images of the synthetic source")
+    parser.add_argument("--synthetic-size", type=positive_integer, nargs=2,
+                        metavar=("TRAIN", "TEST"), default=list(defaults.synthetic_size),
+                        help="images of the synthetic source")
     parser.add_argument("--data-dir", default=defaults.data_dir,
                         help="TFDS data_dir (None: TFDS's default, ~/tensorflow_datasets), or "
                              "the CIFAR python archive / its folder")

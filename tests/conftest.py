@@ -41,10 +41,12 @@ def write_cifar_archive(directory, name, train, test, packed=True):
     return path
 
 
-def wait_for_backup(run_dir, process, timeout=300):
-    """Waits until the run in `run_dir` has backed up a finished epoch (or `process` ended)."""
+def wait_for_backup(run_dir, process, generations=1, timeout=300):
+    """Waits until the run in `run_dir` has backed up `generations` finished epochs (at most the
+    two it keeps), or `process` ended."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
-        if any((run_dir / "backup").glob("epoch-*/state.json")):  # complete when visible
+        # A generation is complete once visible (it is renamed into place).
+        if len(list((run_dir / "backup").glob("epoch-*"))) >= generations:
             return
         time.sleep(0.02)

@@ -60,6 +60,13 @@ def test_every_training_option_states_its_default_or_what_happens_without_it(cap
             entry)
 
 
+@pytest.mark.parametrize("argv", [["--synthetic-size", "0", "64"], ["--cpu-replicas", "-1"]])
+def test_counts_below_one_are_refused_as_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse_args(TrainConfig(), argv)
+    assert exit.value.code == 2 and "must be an integer >= 1" in capsys.readouterr().err
+
+
 def test_fastres_train_chooses_the_dataset():
     config = parse_args(TrainConfig(), ["--dataset", "cifar100", "--synthetic"],
                         choose_dataset=True)
