@@ -281,7 +281,7 @@ def _train(config, run_dir, strategy, chief):
         "train_images": len(cifar.train.labels),
         "test_images": len(cifar.test.labels),
         # Trainable: the count the README's tables and the paper's reference nets give;
-        # total adds the BN moving statistics and the input normalisation's mean and std.
+        # total adds each BN's moving mean and variance.
         "trainable_parameters": sum(math.prod(w.shape) for w in model.trainable_weights),
         "total_parameters": model.count_params(),
         "replicas": replicas,
@@ -333,8 +333,8 @@ def check_same_experiment(stored, current, run_dir):
         raise ValueError(
             f"{run_dir} holds an unfinished run of another experiment ({'; '.join(changed)}). "
             f"To continue it, run the command that started it (its settings are in "
-            f"{run_dir / 'backup' / 'epoch-*' / 'state.json'}); for a new experiment, pass another "
-            f"--output-dir.")
+            f"{run_dir / 'backup' / 'epoch-*' / 'state.json'}); for a new experiment, pass "
+            f"another --output-dir.")
 
 
 def write_outputs(model, config, metrics, history):
