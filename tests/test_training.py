@@ -234,6 +234,30 @@ def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, capsys):
     assert sorted(p.name for p in run.iterdir()) == [".lock", "backup"]
 
 
+@pytest.mark.parametrize("changed, defaults, named", [
+    (["--variant", "preact"], {}, "variant 'type1' -> 'preact'"),
+    (["--shortcut", "B"], {}, "shortcut 'A' -> 'B'"),
+    (["--drop-path-rate", "0.1"], {}, "drop_path_rate 0.0 -> 0.1"),
+    (["--extra-augmentation", "mixup"], {}, "extra_augmentation [] -> ['mixup']"),
+    (["--precision", "mixed_bfloat16"], {}, "precision 'float32' -> 'mixed_bfloat16'"),
+    (["--synthetic-size", "512", "64"], {}, "synthetic_size [1024, 256] -> [512, 64]"),
+    (["--lr-scaling", "linear"], {}, "lr_scaling None -> 'linear'"),
+    ([], {"weight_decay": 5e-4}, "weight_decay 0.0001 -> 0.0005"),
+    ([], {"momentum": 0.95}, "momentum 0.9 -> 0.95"),
+])
+def test_every_setting_of_the_experiment_is_checked_on_resume(changed, defaults, named,
+                                                              tmp_path, capsys):
+    run = tmp_path / "run"
+    started = ["--synthetic", "--depth", "8", "--seed", "1", "--output-dir", str(run)]
+    stored = run / "backup" / "epoch-0001" / "state.json"
+    stored.parent.mkdir(parents=True)
+    stored.write_text(json.dumps(
+        {"finished_epochs": 1, "experiment": experiment(parse_args(TrainConfig(), started), 1)}))
+    assert main(TrainConfig(**defaults), [*started, *changed]) == 2
+    error = capsys.readouterr().err
+    assert f"another experiment ({named})" in error and error.count("\n") == 1
+
+
 def test_a_second_process_on_one_output_directory_is_refused(tmp_path):
     run = tmp_path / "run"
     args = ["--synthetic", "--depth", "8", "--epochs", "1000", "--synthetic-size", "256", "64",
