@@ -1,10 +1,12 @@
-"""What the command-line tools share: a quiet TensorFlow start-up, argument checks, and the
-installed commands (pyproject.toml's [project.scripts]):
+"""What the command-line tools share: a quiet TensorFlow start-up, argument checks and help.
 
-    fastres-train       python recipes/cifar10.py; with --dataset cifar100, recipes/cifar100.py
-    fastres-export      python -m keras_fastres.export
-    fastres-predict     python -m keras_fastres.predict
-    fastres-benchmark   python recipes/benchmark.py, python -m keras_fastres.benchmark
+The installed commands (pyproject.toml's [project.scripts]):
+
+    fastres-train       training.command: recipes/cifar10.py, or with --dataset cifar100,
+                        recipes/cifar100.py
+    fastres-export      export.main: python -m keras_fastres.export
+    fastres-predict     predict.main: python -m keras_fastres.predict
+    fastres-benchmark   benchmark.main: recipes/benchmark.py, python -m keras_fastres.benchmark
 
 This module imports only the standard library: the package imports it before TensorFlow.
 """
@@ -99,24 +101,3 @@ def positive_integer(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
-
-
-def train(argv=None):
-    """fastres-train: the paper's recipe on CIFAR-10 or, with --dataset cifar100, CIFAR-100."""
-    from keras_fastres.training import TrainConfig, main
-    return main(TrainConfig(), argv, choose_dataset=True)
-
-
-def export(argv=None):
-    from keras_fastres.export import main
-    return main(argv)
-
-
-def predict(argv=None):
-    from keras_fastres.predict import main
-    return main(argv)
-
-
-def benchmark(argv=None):
-    from keras_fastres.benchmark import main
-    return main(argv)

@@ -467,6 +467,11 @@ def parse_args(defaults, argv=None, choose_dataset=False):
         seed=args.seed, output_dir=args.output_dir, export=args.export)
 
 
+def command(argv=None):
+    """fastres-train: the paper's recipe on CIFAR-10 or, with --dataset cifar100, CIFAR-100."""
+    return main(TrainConfig(), argv, choose_dataset=True)
+
+
 def main(defaults, argv=None, choose_dataset=False):
     """Entry point of the recipes (and fastres-train, with `choose_dataset`): parse, train,
     print the result; errors as one clear line."""
