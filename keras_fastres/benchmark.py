@@ -38,7 +38,8 @@ import tensorflow as tf
 from keras import ops
 
 from keras_fastres import batch_norm, blocks, data, models
-from keras_fastres.console import HelpFormatter, positive_integer, program, writable_file
+from keras_fastres.console import (HelpFormatter, check_positive_integers, positive_integer,
+                                   program, writable_file)
 from keras_fastres.distribute import Trainer, make_strategy
 from keras_fastres.training import (PRECISIONS, TrainConfig, build_and_compile, describe_device,
                                    resolve_jit_compile)
@@ -119,13 +120,6 @@ def check_models(depths, variants):
     unknown = [v for v in variants if v not in models.BLOCKS]
     if unknown:
         raise ValueError(f"variants must be taken from {sorted(models.BLOCKS)}, got {unknown}.")
-
-
-def check_positive_integers(**values):
-    """A ValueError naming the first of `values` that is not a positive integer."""
-    for name, value in values.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def on_tensorflow():
@@ -378,7 +372,8 @@ def main(argv=None):
                         help=f"any of {','.join(PRECISIONS)}")
     parser.add_argument("--batch-norm", type=csv_list(), default="auto",
                         help=f"any of {','.join(batch_norm.IMPLEMENTATIONS)}; auto: the "
-                             f"models' default (TensorFlow's fused kernel on TensorFlow, Keras's elsewhere)")
+                             f"models' default (TensorFlow's fused kernel on TensorFlow, "
+                             f"Keras's elsewhere)")
     parser.add_argument("--jit-compile", choices=("auto", "on", "off", "both"), default="auto",
                         help="XLA; auto: as the recipes (on with GPUs, off on CPUs)")
     parser.add_argument("--json", metavar="FILE", type=writable_file,

@@ -92,6 +92,13 @@ def writable_file(text):
     return text
 
 
+def check_positive_integers(**values):
+    """A ValueError naming the first of `values` that is not a positive integer."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
 def positive_integer(text):
     """argparse type: an integer >= 1."""
     try:

@@ -17,7 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres import models
-from keras_fastres.benchmark import check_models, check_positive_integers
+from keras_fastres.benchmark import check_models
+from keras_fastres.console import check_positive_integers
 from keras_fastres.export import export_onnx, export_saved_model
 from keras_fastres.training import describe_device
 

@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres.data import CLASS_NAMES
-from keras_fastres.console import HelpFormatter, positive_integer, program
+from keras_fastres.console import (HelpFormatter, check_positive_integers, positive_integer,
+                                   program)
 
 
 def find_saved_model(export_dir):
@@ -54,8 +55,7 @@ def check_image_files(image_paths):
 
 def predict(export_dir, image_paths, top=3):
     """[(path, [(class name, probability), ...top]), ...] for each image file."""
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be an integer >= 1, got {top!r}.")
+    check_positive_integers(top=top)
     check_image_files(image_paths)
     serve = tf.saved_model.load(str(find_saved_model(export_dir))).signatures["serving_default"]
     height, width = serve.structured_input_signature[1]["images"].shape[1:3]

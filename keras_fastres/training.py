@@ -33,7 +33,8 @@ import tensorflow as tf
 
 from keras_fastres import batch_norm, blocks, callbacks, data, distribute, models, plots
 from keras_fastres.backup import Backup
-from keras_fastres.console import HelpFormatter, positive_integer, program
+from keras_fastres.console import (HelpFormatter, check_positive_integers, positive_integer,
+                                   program)
 from keras_fastres.export import export_saved_model, require_tensorflow_backend
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -90,10 +91,7 @@ def check_config(config):
     batch_norm.check_implementation(config.batch_norm)
     models.blocks_per_stage(config.depth)
     blocks.check_weight_decay(config.weight_decay)
-    for name in ("epochs", "batch_size"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    check_positive_integers(epochs=config.epochs, batch_size=config.batch_size)
     if not config.learning_rate > 0:
         raise ValueError(f"learning_rate must be positive, got {config.learning_rate!r}.")
     if config.source == "archive" and not config.data_dir:
