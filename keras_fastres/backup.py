@@ -20,6 +20,8 @@ from pathlib import Path
 
 import keras
 
+from keras_fastres import files
+
 GENERATION = re.compile(r"epoch-(\d+)")
 KEEP = 2  # the newest generation and the one before it
 WEIGHTS, STATE = "model.weights.h5", "state.json"
@@ -56,9 +58,7 @@ class Backup(keras.callbacks.Callback):
 
     def remove_leftovers(self):
         """Removes generations a killed process left half-written (call with the run's lock)."""
-        if self.directory.is_dir():
-            for path in self.directory.glob(".epoch-*.incomplete-*"):
-                shutil.rmtree(path, ignore_errors=True)
+        files.remove_leftovers(self.directory)
 
     def _read_states(self):
         """[(folder, state), ...] newest first, for the generations whose state file reads;
@@ -109,8 +109,8 @@ class Backup(keras.callbacks.Callback):
         """Writes generation `finished_epochs` as one unit, then drops all but the newest
         `KEEP` generations."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{finished_epochs:04d}"
-        temporary = self.directory / f".{name}.incomplete-{os.getpid()}"
+        target = self.directory / f"epoch-{finished_epochs:04d}"
+        temporary = files.temporary_sibling(target)
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir()
         self.model.save_weights(temporary / WEIGHTS)
@@ -118,7 +118,6 @@ class Backup(keras.callbacks.Callback):
             {"finished_epochs": finished_epochs, "experiment": self.experiment}))
         for path in (temporary / WEIGHTS, temporary / STATE, temporary):
             sync(path)  # on disk before the rename makes the generation visible
-        target = self.directory / name
         shutil.rmtree(target, ignore_errors=True)  # a damaged one this run is redoing
         os.rename(temporary, target)
         for _, old in self.generations()[KEEP:]:

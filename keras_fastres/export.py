@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from keras_fastres.batch_norm import BatchNorm
 from keras_fastres.console import HelpFormatter, positive_integer, program
+from keras_fastres.files import remove_leftovers, temporary_sibling
 from keras_fastres.models import CONV_BN_PAIRS
 
 MODEL_FILE = "model.keras"  # what the recipes save at the end of a run
@@ -134,39 +135,11 @@ def _version_dir(export_dir, version):
 
 
 def _new_target(target):
-    _remove_leftovers(target.parent)
+    remove_leftovers(target.parent)
     if target.exists():
         raise FileExistsError(f"{target} already exists; a new version never overwrites an old "
                               f"one. Choose another version or export directory.")
     return target
-
-
-def _temporary(target):
-    """The hidden sibling a target is written into before it is renamed into place."""
-    return target.parent / f".{target.name}.incomplete-{os.getpid()}"
-
-
-def _remove_leftovers(directory):
-    """Removes the hidden temporaries that exports killed while writing left in `directory`
-    (those of a process still running are its work in progress, and stay)."""
-    for path in directory.glob(".*.incomplete-*") if directory.is_dir() else ():
-        pid = path.name.rsplit("-", 1)[1]
-        if not pid.isdigit() or _process_exists(int(pid)):
-            continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def _process_exists(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 def export_saved_model(model, export_dir, version="auto", fold_batch_norm=True):
@@ -202,7 +175,7 @@ def export_saved_model(model, export_dir, version="auto", fold_batch_norm=True):
             tf.TensorSpec([None, height, width, 3], dtype, name="images")])
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(target)
+    temporary = temporary_sibling(target)
     try:
         archive.write_out(str(temporary), verbose=False)
         os.rename(temporary, target)  # atomic on one file system; fails if target appeared
@@ -251,7 +224,7 @@ def export_onnx(model, path, fold_batch_norm=True):
                                  **{tensor: name for name, tensor in outputs.items()}})
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(target)
+    temporary = temporary_sibling(target)
     try:
         temporary.write_bytes(proto.SerializeToString())
         os.rename(temporary, target)
