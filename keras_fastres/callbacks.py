@@ -8,6 +8,8 @@ from pathlib import Path
 
 import keras
 
+from keras_fastres import files
+
 # The paper (after He et al. 2015): 0.1, divided by 10 at 50% and at 75% of training.
 MILESTONES = (0.5, 0.75)
 
@@ -102,7 +104,7 @@ class HistoryCSV(keras.callbacks.Callback):
 
 def _write_history(path, rows):
     """Replaces the history file with `rows`, atomically."""
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = files.temporary_sibling(path)
     with open(temporary, "w", newline="") as file:
         writer = csv.DictWriter(file, HistoryCSV.COLUMNS)
         writer.writeheader()

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fastres import batch_norm, blocks, callbacks, data, distribute, models, plots
+from keras_fastres import batch_norm, blocks, callbacks, data, distribute, files, models, plots
 from keras_fastres.backup import Backup
 from keras_fastres.console import (HelpFormatter, check_positive_integers, positive_integer,
                                    program)
@@ -241,8 +241,7 @@ def _train(config, run_dir, strategy, chief):
 
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in run_dir.glob("*.tmp"):  # files a killed run was replacing
-            leftover.unlink()
+        files.remove_leftovers(run_dir)  # history and metrics a killed run was replacing
     finished_epochs = backup.restore(model)
     if finished_epochs and chief:
         # A kill between an epoch's history row and its backup leaves a row the run redoes.
@@ -351,7 +350,7 @@ def write_outputs(model, config, metrics, history):
 
 
 def write_json(path, content):
-    temporary = Path(f"{path}.tmp")
+    temporary = files.temporary_sibling(Path(path))
     temporary.write_text(json.dumps(content, indent=2, default=str) + "\n")
     os.replace(temporary, path)
 
