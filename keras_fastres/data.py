@@ -2,8 +2,8 @@
 
 Every source yields the whole split in memory (CIFAR is 180 MB as uint8) as raw pixels
 `(N, 32, 32, 3)` uint8 and integer labels `(N,)`; `TrainingData` and `test_dataset` turn a split
-into batches of those pixels, which the training step casts to float32. Normalisation is a layer inside the model, not part
-of the data.
+into batches of those pixels, which the training step casts to float32. Normalisation is a
+layer inside the model, not part of the data.
 """
 
 import contextlib
