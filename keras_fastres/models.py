@@ -85,12 +85,21 @@ def _check_input_shape(input_shape, channels):
             f"or normalization=None.")
 
 
-def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 3),
-               shortcut="A", drop_path_rate=0.0, include_top=True, weight_decay=1e-4,
-               normalization="auto", classifier_activation="softmax",
-               synchronized_batch_norm=False, batch_norm="auto", name=None):
+def check_variant(variant):
+    """A ValueError naming the variants unless `variant` is one of them."""
+    if variant not in BLOCKS:
+        raise ValueError(f"variant must be one of {sorted(BLOCKS)}, got {variant!r}.")
+
+
+@keras.saving.register_keras_serializable(package="keras_fastres")
+class FastResNet(keras.Model):
     """A CIFAR residual network of the paper "Simplified residual structure and fast deep
-    residual networks".
+    residual networks": a functional `keras.Model` that remembers how it was made.
+
+    `get_config()` returns the constructor's arguments (keras-hub's pattern), so
+    `FastResNet.from_config(model.get_config())` and a `.keras` file saved and loaded give back
+    a `FastResNet` of the same depth, variant and settings. `.keras` files written by 0.1.0
+    (where the model was a plain functional `keras.Model`) still load, as such a model.
 
     Args:
         depth: 6n + 2 convolution layers, n blocks per stage (20, 32, 44, 56, 110, 668, 1202...).
@@ -124,60 +133,101 @@ def FastResNet(depth=110, variant="type1", num_classes=10, input_shape=(32, 32, 
             others; "fused" is the same but raises on a backend without it; "keras" always
             runs Keras's layer. Same variables either way, so a model saved with one loads and
             runs with the other and on every backend. Synchronized BN always runs Keras's.
+        dtype: the dtype policy of the layers, e.g. "mixed_bfloat16"; None (default): Keras's
+            global policy when the model is built. The config records the policy used.
         name: model name; default "resnet{depth}_{variant}".
 
-    Returns:
-        A functional `keras.Model` taking float images `(batch, H, W, channels)`.
+    Input: float images `(batch, H, W, channels)`, raw pixel values in [0, 255].
     """
-    n = blocks_per_stage(depth)
-    if variant not in BLOCKS:
-        raise ValueError(f"variant must be one of {sorted(BLOCKS)}, got {variant!r}.")
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}.")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
-    check_implementation(batch_norm)
-    stats = _normalization_stats(normalization, num_classes)
-    _check_input_shape(input_shape, None if stats is None else len(stats[0]))
 
-    inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = inputs
-    if stats is not None:
-        mean, std = stats
-        x = layers.Normalization(mean=mean, variance=[s * s for s in std], name="normalization")(x)
-    x = layers.Conv2D(STAGE_FILTERS[0], 3, padding="same", use_bias=False,
-                      kernel_initializer="he_normal",
-                      kernel_regularizer=kernel_regularizer(weight_decay), name="stem_conv")(x)
-    if variant == "v1":
-        x = bn_layer("stem_bn", batch_norm, synchronized_batch_norm)(x)
-        x = layers.ReLU(name="stem_relu")(x)
+    def __init__(self, depth: int = 110, variant: str = "type1", num_classes: int = 10,
+                 input_shape: tuple = (32, 32, 3), shortcut: str = "A",
+                 drop_path_rate: float = 0.0, include_top: bool = True,
+                 weight_decay: float = 1e-4, normalization="auto",
+                 classifier_activation: str | None = "softmax",
+                 synchronized_batch_norm: bool = False, batch_norm: str = "auto",
+                 dtype: str | None = None, name: str | None = None, **kwargs):
+        n = blocks_per_stage(depth)
+        check_variant(variant)
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}.")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+        check_implementation(batch_norm)
+        stats = _normalization_stats(normalization, num_classes)
+        _check_input_shape(input_shape, None if stats is None else len(stats[0]))
+        policy = keras.dtype_policies.get(dtype) if dtype else keras.config.dtype_policy()
 
-    block = BLOCKS[variant]
-    total_blocks = 3 * n
-    for stage, filters in enumerate(STAGE_FILTERS):
-        for index in range(n):
-            block_number = stage * n + index + 1
-            x = block(filters, strides=2 if stage > 0 and index == 0 else 1, shortcut=shortcut,
-                      drop_path_rate=drop_path_rate * block_number / total_blocks,
-                      weight_decay=weight_decay, synchronized_batch_norm=synchronized_batch_norm,
-                      batch_norm=batch_norm,
-                      name=f"stage{stage + 1}_block{index + 1}")(x)
+        inputs = keras.Input(shape=tuple(input_shape), name="images")
+        x = inputs
+        if stats is not None:
+            mean, std = stats
+            x = layers.Normalization(mean=mean, variance=[s * s for s in std], dtype=policy,
+                                     name="normalization")(x)
+        x = layers.Conv2D(STAGE_FILTERS[0], 3, padding="same", use_bias=False,
+                          kernel_initializer="he_normal", dtype=policy,
+                          kernel_regularizer=kernel_regularizer(weight_decay),
+                          name="stem_conv")(x)
+        if variant == "v1":
+            x = bn_layer("stem_bn", batch_norm, synchronized_batch_norm, policy)(x)
+            x = layers.ReLU(dtype=policy, name="stem_relu")(x)
 
-    if variant != "v1":
-        x = bn_layer("final_bn", batch_norm, synchronized_batch_norm)(x)
-        x = layers.ReLU(name="final_relu")(x)
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Dense(num_classes, activation=classifier_activation,
-                         kernel_regularizer=kernel_regularizer(weight_decay),
-                         dtype="float32", name="predictions")(x)
-    return keras.Model(inputs, x, name=name or f"resnet{depth}_{variant}")
+        block = BLOCKS[variant]
+        total_blocks = 3 * n
+        for stage, filters in enumerate(STAGE_FILTERS):
+            for index in range(n):
+                block_number = stage * n + index + 1
+                x = block(filters, strides=2 if stage > 0 and index == 0 else 1,
+                          shortcut=shortcut,
+                          drop_path_rate=drop_path_rate * block_number / total_blocks,
+                          weight_decay=weight_decay,
+                          synchronized_batch_norm=synchronized_batch_norm,
+                          batch_norm=batch_norm, dtype=policy,
+                          name=f"stage{stage + 1}_block{index + 1}")(x)
+
+        if variant != "v1":
+            x = bn_layer("final_bn", batch_norm, synchronized_batch_norm, policy)(x)
+            x = layers.ReLU(dtype=policy, name="final_relu")(x)
+        if include_top:
+            x = layers.GlobalAveragePooling2D(dtype=policy, name="avg_pool")(x)
+            x = layers.Dense(num_classes, activation=classifier_activation,
+                             kernel_regularizer=kernel_regularizer(weight_decay),
+                             dtype="float32", name="predictions")(x)
+        super().__init__(inputs, x, name=name or f"resnet{depth}_{variant}", **kwargs)
+        self.dtype_policy = policy  # compile() wraps the optimiser for loss scaling by it
+        # As JSON gives them back, so that a loaded model's config equals the original's.
+        if stats is not None and not isinstance(normalization, str):
+            normalization = [list(stats[0]), list(stats[1])]
+        self._arguments = {
+            "depth": depth, "variant": variant, "num_classes": num_classes,
+            "input_shape": list(input_shape), "shortcut": shortcut,
+            "drop_path_rate": drop_path_rate, "include_top": include_top,
+            "weight_decay": weight_decay, "normalization": normalization,
+            "classifier_activation": classifier_activation,
+            "synchronized_batch_norm": synchronized_batch_norm, "batch_norm": batch_norm,
+            "dtype": policy.name}
+
+    @property
+    def depth(self) -> int:
+        return self._arguments["depth"]
+
+    @property
+    def variant(self) -> str:
+        return self._arguments["variant"]
+
+    def get_config(self) -> dict:
+        """The constructor's arguments, with the name and trainable flag."""
+        return {**self._arguments, "name": self.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> "FastResNet":
+        return cls(**config)
 
 
 def _alias(depth):
-    def factory(variant="type1", **kwargs):
+    def factory(variant: str = "type1", **kwargs) -> FastResNet:
         return FastResNet(depth, variant, **kwargs)
 
     factory.__name__ = factory.__qualname__ = f"FastResNet{depth}"

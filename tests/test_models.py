@@ -1,5 +1,7 @@
 """FastResNet is the paper's network layer for layer and parameter for parameter."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import keras
@@ -169,10 +171,54 @@ def test_keras_file_round_trip_gives_identical_outputs(variant, tmp_path):
     assert loaded.get_layer("stage3_block1").get_config() == model.get_layer("stage3_block1").get_config()
 
 
+ARGUMENTS = {"depth": 8, "variant": "v1", "num_classes": 7, "input_shape": [24, 24, 1],
+             "shortcut": "B", "drop_path_rate": 0.1, "include_top": True, "weight_decay": 5e-4,
+             "normalization": [[33.0], [78.5]], "classifier_activation": None,
+             "synchronized_batch_norm": False, "batch_norm": "keras",
+             "dtype": "mixed_bfloat16"}
+
+
+def test_the_model_remembers_its_arguments(tmp_path):
+    model = FastResNet(**{**ARGUMENTS, "input_shape": (24, 24, 1),
+                          "normalization": ((33,), (78.5,))})
+    assert model.get_config() == {**ARGUMENTS, "name": "resnet8_v1", "trainable": True}
+    assert (model.depth, model.variant) == (8, "v1")
+    assert model.get_layer("stage1_block1").compute_dtype == "bfloat16"
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert type(loaded) is FastResNet and loaded.get_config() == model.get_config()
+    assert loaded.get_layer("stage1_block1").compute_dtype == "bfloat16"
+    images = np.random.default_rng(0).uniform(0, 255, (2, 24, 24, 1)).astype("float32")
+    np.testing.assert_array_equal(numpy(loaded(images)), numpy(model(images)))
+
+
+def test_defaults_and_aliases_are_recorded_too():
+    config = FastResNet110().get_config()
+    assert config == {
+        "depth": 110, "variant": "type1", "num_classes": 10, "input_shape": [32, 32, 3],
+        "shortcut": "A", "drop_path_rate": 0.0, "include_top": True, "weight_decay": 1e-4,
+        "normalization": "auto", "classifier_activation": "softmax",
+        "synchronized_batch_norm": False, "batch_norm": "auto",
+        "dtype": keras.config.dtype_policy().name, "name": "resnet110_type1", "trainable": True}
+    assert type(FastResNet.from_config(config)) is FastResNet
+
+
+def test_a_keras_file_of_release_0_1_0_still_loads():
+    """Written by 0.1.0, where FastResNet returned a plain functional model (depth 8, preact,
+    shortcut B, one training step so that the BN statistics are not their defaults)."""
+    fixtures = Path(__file__).parent / "fixtures"
+    model = keras.saving.load_model(fixtures / "resnet8_preact_B_0.1.0.keras")
+    expected = np.load(fixtures / "resnet8_preact_B_0.1.0.npz")
+    assert trainable_parameters(model) == expected_trainable_parameters(8, "preact", "B")
+    np.testing.assert_allclose(
+        numpy(model(expected["images"].astype("float32"), training=False)),
+        expected["probabilities"], atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_config_round_trip_gives_identical_outputs(variant):
     model = FastResNet(8, variant, num_classes=100, shortcut="B")
-    clone = keras.Model.from_config(model.get_config())
+    clone = type(model).from_config(model.get_config())
     clone.set_weights(model.get_weights())
     images = _images()
     np.testing.assert_array_equal(numpy(model(images, training=False)),
@@ -239,6 +285,6 @@ def test_synchronized_batch_norm_reaches_every_bn_and_round_trips():
              if getattr(block, name, None) is not None])]
     assert len(bns) == 1 + 3 * 2 + 2  # stem, two per block, two projections
     assert all(bn.synchronized for bn in bns)
-    clone = keras.Model.from_config(model.get_config())
+    clone = type(model).from_config(model.get_config())
     assert clone.get_layer("stage2_block1").projection_bn.synchronized
     assert not FastResNet(8).get_layer("stage1_block1").bn.synchronized
