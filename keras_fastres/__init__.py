@@ -7,8 +7,6 @@ Importing the package registers its layers with Keras, which `keras.saving.load_
 FastResNet `.keras` file needs (Keras imports no third-party module when it loads a file).
 """
 
-import importlib
-
 from keras_fastres.console import quiet_tensorflow_start
 
 with quiet_tensorflow_start():  # only in this package's commands; see console.py
@@ -31,21 +29,12 @@ with quiet_tensorflow_start():  # only in this package's commands; see console.p
         FastResNet668,
         FastResNet1202,
     )
+    from keras_fastres.serving.export import export_onnx, export_saved_model
+    from keras_fastres.serving.folding import fold_batch_norms
 
 VARIANTS = tuple(BLOCKS)  # "v1", "preact", "type1", "type2"
 
 __version__ = "0.1.0"
-
-# Imported on first use, so that `python -m keras_fastres.export` runs a module the package has
-# not imported already (runpy warns otherwise).
-_EXPORT_FUNCTIONS = ("export_saved_model", "export_onnx", "fold_batch_norms")
-
-
-def __getattr__(name):
-    if name in _EXPORT_FUNCTIONS:
-        return getattr(importlib.import_module("keras_fastres.export"), name)
-    raise AttributeError(f"module 'keras_fastres' has no attribute {name!r}")
-
 
 __all__ = [
     "FastResNet", "FastResNet20", "FastResNet32", "FastResNet44", "FastResNet56",

@@ -62,7 +62,7 @@ class BatchNorm(layers.BatchNormalization):
     both implementations.
     """
 
-    def __init__(self, implementation="auto", **kwargs):
+    def __init__(self, implementation: str = "auto", **kwargs):
         check_implementation(implementation)
         super().__init__(**kwargs)
         self.implementation = implementation

@@ -60,8 +60,9 @@ class ResidualBlock(layers.Layer):
     Input `(batch, H, W, C)`; output `(batch, ceil(H / strides), ceil(W / strides), filters)`.
     """
 
-    def __init__(self, filters, strides=1, shortcut="A", drop_path_rate=0.0,
-                 weight_decay=1e-4, synchronized_batch_norm=False, batch_norm="auto", **kwargs):
+    def __init__(self, filters: int, strides: int = 1, shortcut: str = "A",
+                 drop_path_rate: float = 0.0, weight_decay: float = 1e-4,
+                 synchronized_batch_norm: bool = False, batch_norm: str = "auto", **kwargs):
         super().__init__(**kwargs)
         check_implementation(batch_norm)
         if shortcut not in SHORTCUTS:

@@ -1,12 +1,7 @@
 """What the command-line tools share: a quiet TensorFlow start-up, argument checks and help.
 
-The installed commands (pyproject.toml's [project.scripts]):
-
-    fastres-train       training.command: recipes/cifar10.py, or with --dataset cifar100,
-                        recipes/cifar100.py
-    fastres-export      export.main: python -m keras_fastres.export
-    fastres-predict     predict.main: python -m keras_fastres.predict
-    fastres-benchmark   benchmark.main: recipes/benchmark.py, python -m keras_fastres.benchmark
+The commands themselves are in keras_fastres/commands/ (installed as fastres-train,
+fastres-export, fastres-predict and fastres-benchmark; the recipes run them too).
 
 This module imports only the standard library: the package imports it before TensorFlow.
 """
@@ -22,8 +17,8 @@ COMMAND_VARIABLE = "KERAS_FASTRES_COMMAND"  # set by the recipes before they imp
 
 def started_as_command():
     """True in a process started as one of this package's commands: an installed fastres-*
-    command, `python -m keras_fastres.<module>` (while runpy imports the package, argv[0] is
-    "-m"), or a recipe (which sets KERAS_FASTRES_COMMAND=1)."""
+    command, `python -m keras_fastres.commands.<name>` (while runpy imports the package,
+    argv[0] is "-m"), or a recipe (which sets KERAS_FASTRES_COMMAND=1)."""
     script = sys.argv[0] if sys.argv else ""
     return (script == "-m" or Path(script).name.startswith("fastres-")
             or os.environ.get(COMMAND_VARIABLE) == "1")

@@ -15,6 +15,14 @@ from keras_fastres.callbacks import read_history  # noqa: E402
 def plot_runs(runs, path, train_error=False, title=None):
     """Test error (%) per epoch of each (label, history rows) in `runs`, into a PNG at `path`.
     With `train_error`, the training error too, dashed."""
+    figure = error_figure(runs, train_error, title)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def error_figure(runs, train_error=False, title=None):
+    """The figure `plot_runs` saves: one line per run (and per training error), x the 1-based
+    epoch, y the error in %."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for label, rows in runs:
         epochs = [int(row["epoch"]) for row in rows]
@@ -31,8 +39,7 @@ def plot_runs(runs, path, train_error=False, title=None):
     if title:
         axes.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    return figure
 
 
 def compare_runs(run_dirs, path):

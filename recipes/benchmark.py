@@ -5,7 +5,7 @@ ONNX on onnxruntime); or, with --pipeline, the training input pipeline alone.
 
     python recipes/benchmark.py                  # the README's table
     python recipes/benchmark.py --help           # every option; more examples in
-                                                 # keras_fastres/benchmark.py
+                                                 # keras_fastres/commands/benchmark.py
 
 The same program is installed as `fastres-benchmark`.
 """
@@ -16,7 +16,7 @@ import sys
 # A command: TensorFlow's C++ start-up logs stay quiet (TF_CPP_MIN_LOG_LEVEL=0 shows them).
 os.environ.setdefault("KERAS_FASTRES_COMMAND", "1")
 
-from keras_fastres.benchmark import main  # noqa: E402
+from keras_fastres.commands.benchmark import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,8 @@ import sys
 # A command: TensorFlow's C++ start-up logs stay quiet (TF_CPP_MIN_LOG_LEVEL=0 shows them).
 os.environ.setdefault("KERAS_FASTRES_COMMAND", "1")
 
-from keras_fastres.training import TrainConfig, main  # noqa: E402
+from keras_fastres.commands.train import main  # noqa: E402
+from keras_fastres.config import TrainConfig  # noqa: E402
 
 PAPER = TrainConfig(
     dataset="cifar100",

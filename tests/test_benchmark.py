@@ -10,9 +10,19 @@ from pathlib import Path
 import pytest
 
 from keras_fastres import FastResNet
-from keras_fastres.benchmark import (EPOCH_IMAGES, format_markdown, format_table,
-                                     run_pipeline_benchmark,
-                                     forward_multiply_adds, run_benchmark, train_flops_per_image)
+from keras_fastres.benchmarks import pipeline, training
+from keras_fastres.benchmarks.pipeline import run_pipeline_benchmark
+from keras_fastres.benchmarks.report import format_markdown, format_table
+from keras_fastres.benchmarks.training import (EPOCH_IMAGES, forward_multiply_adds, run_benchmark,
+                                               train_flops_per_image)
+
+
+def table(report, layout=training):
+    return format_table(report, layout.COLUMNS, layout.summary(report))
+
+
+def markdown(report, layout=training):
+    return format_markdown(report, layout.COLUMNS, layout.summary(report))
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,10 +79,10 @@ def test_tiny_benchmark_report_fields_and_arithmetic():
     assert results["type1"]["ratio_to_preact"] == pytest.approx(
         results["type1"]["step_seconds"] / results["preact"]["step_seconds"])
 
-    table, markdown = format_table(report), format_markdown(report)
-    for text in (table, markdown):
+    text_table, text_markdown = table(report), markdown(report)
+    for text in (text_table, text_markdown):
         assert "type1" in text and "preact" in text and "GFLOP/s" in text
-    assert markdown.count("\n| ") == 3  # header and two rows
+    assert text_markdown.count("\n| ") == 3  # header and two rows
 
 
 def test_both_batch_norms_side_by_side_each_with_its_own_baseline():
@@ -86,14 +96,14 @@ def test_both_batch_norms_side_by_side_each_with_its_own_baseline():
         assert type1["ratio_to_preact"] == pytest.approx(
             type1["step_seconds"] / preact["step_seconds"])
     assert report["backend"] == "tensorflow"
-    assert "keras" in format_table(report) and "fused" in format_table(report)
+    assert "keras" in table(report) and "fused" in table(report)
 
 
 def test_ratio_is_missing_without_a_preact_baseline():
     report = run_benchmark(depths=(8,), variants=("type1",), batch_size=2, rounds=1, steps=1,
                            warmup_steps=1)
     assert report["results"][0]["ratio_to_preact"] is None
-    assert " - " in format_table(report)
+    assert " - " in table(report)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -128,9 +138,12 @@ def test_pipeline_benchmark_counts_every_image():
     report = run_pipeline_benchmark(batch_size=64, rounds=2, images=1000)
     [result] = report["results"]
     assert (report["kind"], result["images"], result["batch_size"]) == ("pipeline", 1000, 64)
+    # Counted from the batches the pipeline yielded: 15 full batches of 64 and one of 40.
+    assert result["images_delivered"] == 1000
+    assert result["images_delivered_per_round"] == [1000, 1000]
     assert len(result["pipeline_images_per_second_per_round"]) == 2
     assert result["pipeline_images_per_second"] == statistics.median(
         result["pipeline_images_per_second_per_round"])
-    assert "pipeline images/s" in format_table(report)
+    assert "pipeline images/s" in table(report, pipeline)
     with pytest.raises(ValueError, match="rounds must be a positive integer"):
         run_pipeline_benchmark(rounds=0)

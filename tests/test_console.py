@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from keras_fastres import benchmark, export, predict
-from keras_fastres.training import TrainConfig, main, parse_args
+from keras_fastres.commands import benchmark, export, predict
+from keras_fastres.commands.train import main, parse_args
+from keras_fastres.config import TrainConfig
 
 # As a user's shell has it: TensorFlow's log level not set, so the commands choose it.
 USER_ENV = {k: v for k, v in os.environ.items()
@@ -20,7 +21,7 @@ def test_installed_and_module_commands_start_quietly_and_fail_in_one_line(tmp_pa
     """No TensorFlow start-up lines, no runpy warning, no traceback: the error alone."""
     installed = Path(sys.executable).parent
     commands = [
-        ([sys.executable, "-m", "keras_fastres.export", "--model", str(tmp_path / "nothing"),
+        ([sys.executable, "-m", "keras_fastres.commands.export", "--model", str(tmp_path / "nothing"),
           "--export-dir", str(tmp_path / "out")], "No model at"),
         ([str(installed / "fastres-predict"), str(tmp_path), str(tmp_path)], "is a folder"),
     ]
@@ -60,11 +61,17 @@ def test_every_training_option_states_its_default_or_what_happens_without_it(cap
             entry)
 
 
-@pytest.mark.parametrize("argv", [["--synthetic-size", "0", "64"], ["--cpu-replicas", "-1"]])
-def test_counts_below_one_are_refused_as_arguments(argv, capsys):
-    with pytest.raises(SystemExit) as exit:
-        parse_args(TrainConfig(), argv)
-    assert exit.value.code == 2 and "must be an integer >= 1" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--synthetic-size", "0", "64"], "synthetic_size must be a positive integer, got (0, 64)"),
+    (["--cpu-replicas", "-1", "--strategy", "mirrored"],
+     "cpu_replicas must be a positive integer, got -1"),
+    (["--batch-size", "0"], "batch_size must be a positive integer, got 0")])
+def test_counts_below_one_are_refused_in_one_line_before_any_work(argv, message, tmp_path,
+                                                                  capsys):
+    assert main(TrainConfig(), ["--synthetic", "--output-dir", str(tmp_path / "run"),
+                                *argv]) == 2
+    assert capsys.readouterr().err == f"error: {message}.\n"
+    assert not (tmp_path / "run").exists()
 
 
 def test_fastres_train_chooses_the_dataset():
@@ -83,3 +90,73 @@ def test_benchmark_json_into_a_missing_folder_is_refused_before_the_run(tmp_path
     with pytest.raises(SystemExit):
         benchmark.main(["--rounds", "0"])
     assert "--rounds: must be an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_positive_integer_takes_integers_from_one():
+    import argparse
+
+    from keras_fastres.console import check_positive_integers, positive_integer
+    assert positive_integer("1") == 1 and positive_integer("42") == 42
+    for text in ("0", "-3", "2.5", "ten", ""):
+        with pytest.raises(argparse.ArgumentTypeError,
+                           match=f"must be an integer >= 1, got '{text}'"):
+            positive_integer(text)
+    check_positive_integers(rounds=1, steps=3)
+    for bad in (0, -1, 2.0, True, "3", None):
+        with pytest.raises(ValueError, match=rf"steps must be a positive integer, got {bad!r}"):
+            check_positive_integers(rounds=1, steps=bad)
+
+
+def test_writable_file_wants_an_existing_writable_folder(tmp_path):
+    import argparse
+
+    from keras_fastres.console import writable_file
+    assert writable_file(str(tmp_path / "out.json")) == str(tmp_path / "out.json")
+    with pytest.raises(argparse.ArgumentTypeError, match="is a folder; give a file name"):
+        writable_file(str(tmp_path))
+    with pytest.raises(argparse.ArgumentTypeError, match=f"the folder {tmp_path / 'no'} does not"):
+        writable_file(str(tmp_path / "no" / "out.json"))
+
+
+def test_program_and_command_detection_follow_argv(monkeypatch):
+    from keras_fastres import console
+    monkeypatch.delenv(console.COMMAND_VARIABLE, raising=False)
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/fastres-export", "--help"])
+    assert console.program("keras_fastres.commands.export") == "fastres-export"
+    assert console.started_as_command()
+    monkeypatch.setattr(sys, "argv", ["/path/to/pytest"])
+    assert console.program("keras_fastres.commands.export") == (
+        "python -m keras_fastres.commands.export")
+    assert not console.started_as_command()
+    monkeypatch.setattr(sys, "argv", ["-m"])  # runpy, while it imports the package
+    assert console.started_as_command()
+    monkeypatch.setattr(sys, "argv", ["recipes/cifar10.py"])
+    monkeypatch.setenv(console.COMMAND_VARIABLE, "1")
+    assert console.started_as_command()
+
+
+def test_help_formatter_states_defaults_except_none_and_off():
+    import argparse
+
+    from keras_fastres.console import HelpFormatter
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    parser.add_argument("--rounds", default=10, help="how many")
+    parser.add_argument("--json", default=None, help="also write JSON")
+    parser.add_argument("--export", action="store_true", help="export at the end")
+    text = " ".join(parser.format_help().split())
+    assert "how many (default: 10)" in text
+    assert "also write JSON" in text and "(default: None)" not in text
+    assert "export at the end" in text and "(default: False)" not in text
+
+
+def test_the_quiet_start_only_quiets_commands(monkeypatch):
+    from keras_fastres import console
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.setattr(sys, "argv", ["/path/to/pytest"])
+    monkeypatch.delenv(console.COMMAND_VARIABLE, raising=False)
+    with console.quiet_tensorflow_start():  # a library import: nothing changes
+        assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/fastres-train"])
+    monkeypatch.setitem(sys.modules, "tensorflow", sys.modules.get("tensorflow"))
+    with console.quiet_tensorflow_start():  # TensorFlow already imported: nothing to hide
+        assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ

@@ -84,19 +84,39 @@ def test_mirrored_on_two_devices_matches_one_device(tmp_path):
     assert difference < 1e-4  # ... identically on one device and on two
 
 
-def test_two_localhost_workers_train_together(tmp_path):
+def test_two_localhost_workers_train_as_one_device_with_their_global_batch(tmp_path):
+    """Without --seed: the workers agree on one drawn seed; their weights move, stay identical,
+    and equal one device's trained on the same global batches with that seed. (Keras's BN on
+    the one device: the workers' synchronised BN is Keras's layer too.)"""
     ports = free_ports(2)
     chief_dir, worker_dir = tmp_path / "chief", tmp_path / "worker"
-    args = [*SMALL, "--epochs", "2", "--strategy", "multi-worker"]
-    worker = start([*args, "--output-dir", str(worker_dir)], tmp_path / "worker.npz",
+    args = [*SMALL[:-2], "--epochs", "2", "--batch-norm", "keras"]
+    cluster = [*args, "--strategy", "multi-worker"]
+    worker = start([*cluster, "--output-dir", str(worker_dir)], tmp_path / "worker.npz",
                    tf_config(ports, 1))
-    chief = start([*args, "--output-dir", str(chief_dir)], tmp_path / "chief.npz",
+    chief = start([*cluster, "--output-dir", str(chief_dir)], tmp_path / "chief.npz",
                   tf_config(ports, 0))
     chief_out, worker_out = finish(chief), finish(worker)
     assert f"outputs in {chief_dir}" in chief_out and "the chief wrote the outputs" in worker_out
-    for a, b in zip(weights(tmp_path / "chief.npz", "final"),
-                    weights(tmp_path / "worker.npz", "final")):
+    seed = int(np.load(tmp_path / "chief.npz")["seed"])
+    assert int(np.load(tmp_path / "worker.npz")["seed"]) == seed
+    assert json.loads((chief_dir / "metrics.json").read_text())["seed"] == seed
+    chief_final = weights(tmp_path / "chief.npz", "final")
+    for a, b in zip(chief_final, weights(tmp_path / "worker.npz", "final")):
         np.testing.assert_array_equal(a, b)
+    moved = max(np.max(np.abs(a - b))
+                for a, b in zip(chief_final, weights(tmp_path / "chief.npz", "initial")))
+    assert moved > 1e-2
+
+    single = start([*args, "--seed", str(seed), "--strategy", "one-device",
+                    "--output-dir", str(tmp_path / "single")], tmp_path / "single.npz")
+    finish(single)
+    for a, b in zip(weights(tmp_path / "single.npz", "initial"),
+                    weights(tmp_path / "chief.npz", "initial")):
+        np.testing.assert_array_equal(a, b)
+    difference = max(np.max(np.abs(a - b))
+                     for a, b in zip(weights(tmp_path / "single.npz", "final"), chief_final))
+    assert difference < 1e-5, difference
     assert {p.name for p in chief_dir.iterdir()} >= {"history.csv", "metrics.json",
                                                       "error_curve.png", "model.keras"}
     assert json.loads((chief_dir / "metrics.json").read_text())["replicas"] == 2

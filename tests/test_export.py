@@ -165,7 +165,7 @@ def _half_written_save(obj, export_dir, *args, **kwargs):
 
 @pytest.mark.parametrize("target, failure", [
     ("tensorflow.saved_model.save", _half_written_save),           # while writing
-    ("keras_fastres.export.os.rename", OSError("disk full")),      # written, not yet in place
+    ("keras_fastres.serving.export.os.rename", OSError("disk full")),      # written, not yet in place
 ])
 def test_an_interrupted_export_leaves_nothing_behind(tmp_path, target, failure):
     root = tmp_path / "serving"
@@ -187,7 +187,7 @@ def test_export_cli_and_predict_on_image_files(tmp_path):
     model = trained_model("type1")
     model.save(tmp_path / "model.keras")
     exported = subprocess.run(
-        [sys.executable, "-m", "keras_fastres.export", "--model", str(tmp_path),
+        [sys.executable, "-m", "keras_fastres.commands.export", "--model", str(tmp_path),
          "--export-dir", str(tmp_path / "serving")],
         capture_output=True, text=True, env=ENV, timeout=300)
     assert exported.returncode == 0, exported.stderr
@@ -197,7 +197,7 @@ def test_export_cli_and_predict_on_image_files(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "exact.png")
     Image.fromarray(pixels).resize((96, 64)).save(tmp_path / "large.jpg")
     predicted = subprocess.run(
-        [sys.executable, "-m", "keras_fastres.predict", str(tmp_path / "serving"),
+        [sys.executable, "-m", "keras_fastres.commands.predict", str(tmp_path / "serving"),
          str(tmp_path / "exact.png"), str(tmp_path / "large.jpg"), "--top", "2"],
         capture_output=True, text=True, env=ENV, timeout=300)
     assert predicted.returncode == 0, predicted.stderr
@@ -209,9 +209,38 @@ def test_export_cli_and_predict_on_image_files(tmp_path):
     assert all(line.count("%") == 2 for line in lines)
 
 
+def test_predict_resizes_images_to_the_model_with_antialiasing(tmp_path):
+    from PIL import Image
+
+    from keras_fastres.serving.predict import load_image
+
+    pixels = uint8_images(1)[0]
+    Image.fromarray(pixels).save(tmp_path / "exact.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "exact.png", 32, 32), pixels)  # as is
+    # 96x64, left half red and right half blue, to 32x32: each output column covers 3 input
+    # columns and each row 2; away from the edge between the halves every pixel keeps its
+    # colour exactly, and the two columns at the edge are blends.
+    halves = np.zeros((64, 96, 3), np.uint8)
+    halves[:, :48, 0] = 255
+    halves[:, 48:, 2] = 255
+    Image.fromarray(halves).save(tmp_path / "halves.png")
+    resized = np.asarray(load_image(tmp_path / "halves.png", 32, 32))
+    assert resized.shape == (32, 32, 3) and resized.dtype == np.uint8
+    np.testing.assert_array_equal(resized[:, :15], np.broadcast_to([255, 0, 0], (32, 15, 3)))
+    np.testing.assert_array_equal(resized[:, 17:], np.broadcast_to([0, 0, 255], (32, 15, 3)))
+    edge = resized[:, 15:17].astype(int)
+    assert (edge[..., 0] + edge[..., 2] >= 254).all() and (edge[..., 1] == 0).all()
+    assert 0 < edge[0, 0, 2] < 255 and 0 < edge[0, 1, 0] < 255  # blended: antialiased
+    # A downscale by 4 of a checkerboard of single pixels averages it to grey; without
+    # antialiasing a resize would sample the squares and keep black or white.
+    board = (np.indices((128, 128)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    Image.fromarray(np.repeat(board[..., None], 3, axis=-1)).save(tmp_path / "board.png")
+    grey = np.asarray(load_image(tmp_path / "board.png", 32, 32)).astype(int)
+    assert np.abs(grey - 128).max() <= 1
+
 
 def test_bad_inputs_to_the_export_and_predict_commands_are_one_line_each(tmp_path, capsys):
-    from keras_fastres import export, predict
+    from keras_fastres.commands import export, predict
 
     export_dir = export_saved_model(FastResNet(8), tmp_path / "serving")
     FastResNet(8).save(tmp_path / "model.keras")
@@ -394,7 +423,7 @@ def test_export_cli_writes_onnx_and_unfolded_saved_models(tmp_path):
     for arguments, written in ((["--format", "onnx"], "1/model.onnx"),
                                (["--no-fold"], "2/saved_model.pb")):
         exported = subprocess.run(
-            [sys.executable, "-m", "keras_fastres.export", "--model", str(tmp_path / "model.keras"),
+            [sys.executable, "-m", "keras_fastres.commands.export", "--model", str(tmp_path / "model.keras"),
              "--export-dir", str(tmp_path / "serving"), *arguments],
             capture_output=True, text=True, env=ENV, timeout=300)
         assert exported.returncode == 0, exported.stderr
@@ -403,7 +432,7 @@ def test_export_cli_writes_onnx_and_unfolded_saved_models(tmp_path):
 
 
 def test_onnx_export_without_its_extra_says_what_to_install(tmp_path, monkeypatch, capsys):
-    from keras_fastres.export import main
+    from keras_fastres.commands.export import main
     FastResNet(8).save(tmp_path / "model.keras")
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if the onnx extra were missing
     assert main(["--model", str(tmp_path / "model.keras"), "--export-dir",

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from keras_fastres.benchmark import format_markdown, format_table
-from keras_fastres.inference_benchmark import run_inference_benchmark
+from keras_fastres.benchmarks import inference
+from keras_fastres.benchmarks.inference import run_inference_benchmark
+from keras_fastres.benchmarks.report import format_markdown, format_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +30,8 @@ def test_tiny_inference_report_fields_and_arithmetic():
         assert 0 < result["latency_ms_p50"] <= result["latency_ms_p99"]
         assert result["ratio_to_unfolded"] == pytest.approx(
             result["images_per_second"] / unfolded)
-    for text in (format_table(report), format_markdown(report)):
+    for text in (format(report, inference.COLUMNS, inference.summary(report))
+                 for format in (format_table, format_markdown)):
         assert "onnxruntime" in text and "batch-1 p99 ms" in text
 
 

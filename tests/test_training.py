@@ -14,7 +14,9 @@ import pytest
 
 from conftest import wait_for_backup, write_cifar_archive
 from keras_fastres.callbacks import HistoryCSV, paper_learning_rate, read_history
-from keras_fastres.training import TrainConfig, experiment, main, parse_args, train
+from keras_fastres.commands.train import main, parse_args
+from keras_fastres.config import TrainConfig
+from keras_fastres.run import experiment, train
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -183,7 +185,7 @@ def test_a_shallow_fastresnet_learns_real_digits(tmp_path):
                                                 ("mixed_float16", "float16")])
 def test_precision_policies_and_loss_scaling(precision, compute):
     import keras
-    from keras_fastres.training import build_and_compile
+    from keras_fastres.config import build_and_compile
 
     model = build_and_compile(TrainConfig(depth=8, precision=precision), num_classes=10)
     assert model.get_layer("stage1_block1").compute_dtype == compute
@@ -197,7 +199,8 @@ def test_precision_policies_and_loss_scaling(precision, compute):
 
 
 def test_xla_defaults_to_off_on_cpus():
-    from keras_fastres.training import build_and_compile, parse_args, resolve_jit_compile
+    from keras_fastres.config import build_and_compile
+    from keras_fastres.machine import resolve_jit_compile
 
     assert resolve_jit_compile(None) is False  # no GPU here
     assert resolve_jit_compile(True) is True
@@ -310,7 +313,7 @@ def test_a_loss_that_becomes_nan_stops_the_run_with_a_message(tmp_path, capsys):
 
 
 def test_ctrl_c_says_how_to_continue(monkeypatch, capsys):
-    from keras_fastres import training
+    from keras_fastres.commands import train as training
 
     def interrupted(config):
         raise KeyboardInterrupt
@@ -324,7 +327,7 @@ def test_ctrl_c_says_how_to_continue(monkeypatch, capsys):
 def test_tensorflow_errors_are_one_line_and_name_workers_only_in_a_cluster(monkeypatch, capsys):
     import tensorflow as tf
 
-    from keras_fastres import training
+    from keras_fastres.commands import train as training
 
     def failing(config):
         raise tf.errors.InternalError(None, None, "collective aborted\nstack ...")

@@ -17,10 +17,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres import models
-from keras_fastres.benchmark import check_models
+from keras_fastres.benchmarks.report import check_models
 from keras_fastres.console import check_positive_integers
-from keras_fastres.export import export_onnx, export_saved_model
-from keras_fastres.training import describe_device
+from keras_fastres.machine import describe_device
+from keras_fastres.serving.export import export_onnx, export_saved_model
 
 RUNTIMES = (("saved_model", True), ("saved_model", False), ("onnxruntime", True))
 
@@ -106,3 +106,18 @@ def run_inference_benchmark(depths=(110,), variants=("preact", "type1"), batch_s
     return {"kind": "inference", "device": describe_device(), "tensorflow": tf.__version__,
             "onnxruntime": onnxruntime.__version__, "batch_size": batch_size, "rounds": rounds,
             "latency_calls": latency_calls, "results": results}
+
+
+COLUMNS = (
+    ("depth", "depth", "{}"), ("variant", "variant", "{}"), ("runtime", "runtime", "{}"),
+    ("BN folded", "folded", "{}"), ("images/s", "images_per_second", "{:.0f}"),
+    ("vs unfolded", "ratio_to_unfolded", "{:.3f}"),
+    ("batch-1 p50 ms", "latency_ms_p50", "{:.2f}"),
+    ("batch-1 p99 ms", "latency_ms_p99", "{:.2f}"))
+
+
+def summary(report):
+    return (f"{report['device']}; TensorFlow {report['tensorflow']}, onnxruntime "
+            f"{report['onnxruntime']}; throughput at batch {report['batch_size']} (median of "
+            f"{report['rounds']} rounds), batch-1 latency over {report['rounds']} rounds x "
+            f"{report['latency_calls']} calls")

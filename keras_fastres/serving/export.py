@@ -8,43 +8,28 @@ Both return {"probabilities": float32 [None, num_classes], "classes": int64 [Non
 model has serving_default's input and outputs.
 
 By default every BatchNorm that directly follows a convolution is folded into it
-(`fold_batch_norms`): type1 keeps only its final BN, preact one per block plus the final one,
-v1 none.
+(`folding.fold_batch_norms`): type1 keeps only its final BN, preact one per block plus the
+final one, v1 none.
 
-Command line, for a finished recipe run (or any .keras file of a FastResNet):
-    python -m keras_fastres.export --model runs/cifar10-resnet110-type1 --export-dir serving/cifar10
+The command line is fastres-export (commands/export.py).
 """
 
-import argparse
 import os
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from keras_fastres.batch_norm import BatchNorm
-from keras_fastres.console import HelpFormatter, positive_integer, program
 from keras_fastres.files import remove_leftovers, temporary_sibling
-from keras_fastres.models import CONV_BN_PAIRS
+from keras_fastres.machine import require_tensorflow_backend
+from keras_fastres.serving.folding import fold_batch_norms
 
 MODEL_FILE = "model.keras"  # what the recipes save at the end of a run
 ONNX_FILE = "model.onnx"  # in <export-dir>/<version>/, the layout Triton's ONNX backend reads
 ONNX_OPSET = 17
 FORMATS = ("saved_model", "onnx")
-
-
-def require_tensorflow_backend(what):
-    """A ValueError naming the backend when Keras does not run on TensorFlow: the recipes
-    (tf.distribute, tf.data) and the SavedModel export need it; the models do not."""
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise ValueError(
-            f"{what} needs Keras's TensorFlow backend, and KERAS_BACKEND selects {backend!r}. "
-            f"Run it with KERAS_BACKEND=tensorflow (the models themselves build, train and load "
-            f"on every backend).")
 
 
 def _probabilities_fn(model):
@@ -56,26 +41,6 @@ def _probabilities_fn(model):
         return lambda images: tf.nn.softmax(model(images, training=False))
     raise ValueError(f"The model's last layer has activation {activation.__name__}; export "
                      f"needs softmax probabilities or logits.")
-
-
-def fold_batch_norms(model):
-    """An inference copy of `model` in which every BN that directly follows a convolution is
-    folded into it (`BatchNorm.fold_into`: kernel scaled, the BN reduced to a bias); `model`
-    itself is not modified. The pairs are those the blocks name in `conv_bn_pairs` and the
-    model's `CONV_BN_PAIRS` (v1's stem); BNs that follow a residual sum stay."""
-    folded = keras.models.clone_model(model)
-    folded.set_weights(model.get_weights())
-    by_name = {layer.name: layer for layer in folded.layers}
-    pairs = [(by_name[conv], by_name[bn]) for conv, bn in CONV_BN_PAIRS
-             if conv in by_name and bn in by_name]
-    for layer in folded.layers:
-        pairs += [(getattr(layer, conv), getattr(layer, bn))
-                  for conv, bn in getattr(layer, "conv_bn_pairs", ())
-                  if getattr(layer, bn, None) is not None]
-    for conv, bn in pairs:
-        if isinstance(bn, BatchNorm):  # a plain Keras BN (a .keras file of 0.1.0) stays
-            bn.fold_into(conv)
-    return folded
 
 
 def _input_size(model):
@@ -102,10 +67,14 @@ def _serving_function(model, fold_batch_norm, empty_batches=True):
         # The signature's static shape is not enforced at call time, so check (never resize).
         # Padding the shape with -1 makes one comparison catch a wrong rank as well.
         shape = tf.concat([tf.shape(images), [-1] * 5], axis=0)[1:5]
-        tf.debugging.assert_equal(
+        check = tf.debugging.assert_equal(
             shape, tf.constant([height, width, 3, -1]),
             message=f"images must have shape {expected}; resize them to {height}x{width} RGB "
                     f"before calling this model")
+        # Everything below waits for the check: a graph runs independent ops in any order,
+        # and a wrong rank would otherwise fail first, and obscurely, in the padding.
+        with tf.control_dependencies([check]):
+            images = tf.identity(images)
         count = tf.shape(images)[0]
         if empty_batches:  # one blank image appended to an empty batch; nothing to others
             images = tf.pad(images, [[0, tf.maximum(1 - count, 0)], [0, 0], [0, 0], [0, 0]])
@@ -121,7 +90,7 @@ def _next_version(root):
     return max(versions, default=0) + 1
 
 
-def _version_dir(export_dir, version):
+def version_dir(export_dir, version):
     """`export_dir/<version>` (TF Serving's and Triton's layout), or `export_dir` itself for
     version None."""
     root = Path(export_dir)
@@ -142,7 +111,9 @@ def _new_target(target):
     return target
 
 
-def export_saved_model(model, export_dir, version="auto", fold_batch_norm=True):
+def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
+                       version: int | str | None = "auto",
+                       fold_batch_norm: bool = True) -> Path:
     """Writes `model` as a TensorFlow SavedModel that serves without this package or Keras.
 
     Args:
@@ -164,7 +135,7 @@ def export_saved_model(model, export_dir, version="auto", fold_batch_norm=True):
     """
     require_tensorflow_backend("SavedModel export")
     height, width = _input_size(model)
-    target = _new_target(_version_dir(export_dir, version))
+    target = _new_target(version_dir(export_dir, version))
 
     serve, served = _serving_function(model, fold_batch_norm)
 
@@ -184,7 +155,8 @@ def export_saved_model(model, export_dir, version="auto", fold_batch_norm=True):
     return target
 
 
-def export_onnx(model, path, fold_batch_norm=True):
+def export_onnx(model: keras.Model, path: str | os.PathLike,
+                fold_batch_norm: bool = True) -> Path:
     """Writes `model` as an ONNX model for onnxruntime (or any ONNX runtime), without Keras.
 
     Input `images`: uint8 `[N, H, W, 3]`, raw pixels; outputs `probabilities` float32
@@ -261,42 +233,3 @@ def load_for_export(path):
     except (TypeError, ValueError, KeyError, OSError) as error:
         raise ValueError(f"{model_file} cannot be loaded as a Keras model: "
                          f"{str(error).splitlines()[0][:300]}") from None
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog=program("keras_fastres.export"), formatter_class=HelpFormatter,
-        description="Export a trained FastResNet for serving: a SavedModel (TF Serving) or an "
-                    "ONNX model (onnxruntime, Triton).")
-    parser.add_argument("--model", required=True,
-                        help=f"a recipe run directory (holding {MODEL_FILE}) or a .keras file")
-    parser.add_argument("--export-dir", required=True,
-                        help="base directory; the SavedModel goes to <export-dir>/<version>/, "
-                             f"the ONNX model to <export-dir>/<version>/{ONNX_FILE}")
-    parser.add_argument("--version", type=positive_integer, default=None,
-                        help="version number, 1 or more (default: the next free one)")
-    parser.add_argument("--format", choices=FORMATS, default="saved_model",
-                        help="saved_model (TF Serving) or onnx (needs the onnx extra)")
-    parser.add_argument("--no-fold", action="store_true",
-                        help="keep every BatchNorm (default: fold those that follow a "
-                             "convolution into it)")
-    args = parser.parse_args(argv)
-    try:
-        require_tensorflow_backend("Export")
-        model = load_for_export(args.model)
-        version = "auto" if args.version is None else args.version
-        if args.format == "onnx":
-            target = export_onnx(model, _version_dir(args.export_dir, version) / ONNX_FILE,
-                                 fold_batch_norm=not args.no_fold)
-        else:
-            target = export_saved_model(model, args.export_dir, version,
-                                        fold_batch_norm=not args.no_fold)
-    except (OSError, ValueError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"Wrote {target}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,21 +1,17 @@
-"""Classify image files with an exported SavedModel, without a server.
-
-    python -m keras_fastres.predict runs/cifar10-resnet110-type1/export cat.png ship.jpg --top 3
+"""Classify image files with an exported SavedModel, without a server (fastres-predict,
+commands/predict.py).
 
 Any image size: images are resized (antialiased) to the model's input. Class names are CIFAR's
 when the model has 10 or 100 classes.
 """
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from keras_fastres.console import check_positive_integers
 from keras_fastres.data import CLASS_NAMES
-from keras_fastres.console import (HelpFormatter, check_positive_integers, positive_integer,
-                                   program)
 
 
 def find_saved_model(export_dir):
@@ -67,26 +63,3 @@ def predict(export_dir, image_paths, top=3):
         best = np.argsort(row)[::-1][:top]
         results.append((path, [(names[i] if names else f"class {i}", float(row[i])) for i in best]))
     return results
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog=program("keras_fastres.predict"),
-                                     formatter_class=HelpFormatter,
-                                     description="Top classes of image files.")
-    parser.add_argument("export_dir", help="an exported SavedModel or its versioned base dir")
-    parser.add_argument("images", nargs="+", help="PNG/JPEG/GIF/BMP files, any size")
-    parser.add_argument("--top", type=positive_integer, default=3,
-                        help="how many classes to print per image")
-    args = parser.parse_args(argv)
-    try:
-        results = predict(args.export_dir, args.images, args.top)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for path, classes in results:
-        print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in classes))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,120 @@
+"""fastres-benchmark: training speed of the variants side by side in one process, or the
+serving speed of the exports (--inference), or the input pipeline's (--pipeline).
+
+    fastres-benchmark                                   # the README's table
+    fastres-benchmark --depths 20 --variants preact,type1 --json out.json
+    fastres-benchmark --depths 110 --variants preact,type1 --batch-norm keras,fused
+    fastres-benchmark --depths 110 --variants type1 --precisions float32,mixed_bfloat16
+    KERAS_BACKEND=jax fastres-benchmark --depths 20 --variants type1
+    fastres-benchmark --inference                       # ResNet-110 preact, type1
+    fastres-benchmark --pipeline                        # augmentation images/s
+
+Under KERAS_BACKEND=jax or torch the models train with Keras's own train step on that backend.
+"""
+
+import argparse
+import json
+import sys
+
+import tensorflow as tf
+
+from keras_fastres import batch_norm
+from keras_fastres.benchmarks import inference, pipeline, training
+from keras_fastres.benchmarks.report import format_markdown, format_table, print_progress
+from keras_fastres.config import PRECISIONS
+from keras_fastres.console import HelpFormatter, positive_integer, program, writable_file
+
+DEPTHS = "20,56,110"
+VARIANTS = "preact,type1,type2,v1"
+INFERENCE_DEPTHS = "110"
+INFERENCE_VARIANTS = "preact,type1"
+BATCH_SIZE = 128  # the paper's
+ROUNDS = 10
+STEPS = 3
+
+
+def csv_list(convert=str):
+    return lambda text: [convert(item) for item in text.split(",") if item]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog=program("keras_fastres.commands.benchmark"), formatter_class=HelpFormatter,
+        description="Training speed of the block variants side by side in one process, with "
+                    "FLOPs and the device's matmul peak; or the serving speed of the exports "
+                    "(--inference), or the input pipeline's (--pipeline).")
+    parser.add_argument("--depths", type=csv_list(int), default=None,
+                        help=f"comma-separated (default: {DEPTHS}; with --inference "
+                             f"{INFERENCE_DEPTHS})")
+    parser.add_argument("--variants", type=csv_list(), default=None,
+                        help=f"comma-separated (default: {VARIANTS}; with --inference "
+                             f"{INFERENCE_VARIANTS})")
+    parser.add_argument("--inference", action="store_true",
+                        help="time the exported models serving instead of training (needs "
+                             "the onnx extra); --rounds applies, --steps, --precisions, "
+                             "--batch-norm and --jit-compile do not")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="time the training input pipeline alone (one epoch of CIFAR-shaped "
+                             "data per round; --batch-size and --rounds apply)")
+    parser.add_argument("--batch-size", type=positive_integer, default=BATCH_SIZE,
+                        help="images per step")
+    parser.add_argument("--rounds", type=positive_integer, default=ROUNDS,
+                        help="each round times every model once; the median is reported")
+    parser.add_argument("--steps", type=positive_integer, default=STEPS,
+                        help="timed steps per round")
+    parser.add_argument("--precisions", type=csv_list(), default="float32",
+                        help=f"any of {','.join(PRECISIONS)}")
+    parser.add_argument("--batch-norm", type=csv_list(), default="auto",
+                        help=f"any of {','.join(batch_norm.IMPLEMENTATIONS)}; auto: the "
+                             f"models' default (TensorFlow's fused kernel on TensorFlow, "
+                             f"Keras's elsewhere)")
+    parser.add_argument("--jit-compile", choices=("auto", "on", "off", "both"), default="auto",
+                        help="XLA; auto: as the recipes (on with GPUs, off on CPUs)")
+    parser.add_argument("--json", metavar="FILE", type=writable_file,
+                        help="also write the full report as JSON (checked before the run)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print a Markdown table instead of a text one")
+    args = parser.parse_args(argv)
+    args.depths = args.depths or csv_list(int)(INFERENCE_DEPTHS if args.inference else DEPTHS)
+    args.variants = args.variants or csv_list()(INFERENCE_VARIANTS if args.inference
+                                                else VARIANTS)
+    tf.get_logger().setLevel("ERROR")  # one traced train function per model is expected
+    try:
+        if args.pipeline:
+            print(f"Benchmarking the training pipeline: batch {args.batch_size}, {args.rounds} "
+                  f"epochs of 50,000 images.", file=sys.stderr)
+            report = pipeline.run_pipeline_benchmark(args.batch_size, args.rounds,
+                                                     progress=print_progress)
+        elif args.inference:
+            print(f"Benchmarking serving: depths {args.depths}, variants {args.variants}, "
+                  f"batch {args.batch_size} and batch 1, {args.rounds} rounds.", file=sys.stderr)
+            report = inference.run_inference_benchmark(
+                args.depths, args.variants, args.batch_size, args.rounds,
+                progress=print_progress)
+        else:
+            jit = {"auto": [None], "on": [True], "off": [False],
+                   "both": [False, True]}[args.jit_compile]
+            print(f"Benchmarking depths {args.depths}, variants {args.variants}, precisions "
+                  f"{args.precisions}, BN {args.batch_norm}, XLA {args.jit_compile}: batch "
+                  f"{args.batch_size}, {args.rounds} rounds x {args.steps} timed steps per "
+                  f"model.", file=sys.stderr)
+            report = training.run_benchmark(
+                args.depths, args.variants, args.batch_size, args.rounds, args.steps,
+                precisions=args.precisions, jit_compile=jit, batch_norms=args.batch_norm,
+                progress=print_progress)
+    except (ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(file=sys.stderr)
+    layout = {"training": training, "inference": inference, "pipeline": pipeline}[report["kind"]]
+    text = (format_markdown if args.markdown else format_table)(
+        report, layout.COLUMNS, layout.summary(report))
+    print(text)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

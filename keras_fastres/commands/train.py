@@ -1,0 +1,132 @@
+"""fastres-train and the recipes: the training command line, derived from `TrainConfig`.
+
+Every option is a TrainConfig field whose metadata says `option` (config.py): its name is the
+field's (`--batch-size` for batch_size), its default the recipe's value, its help and choices
+the field's. --compare is the one option that is not a setting: it plots finished runs.
+"""
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import tensorflow as tf
+
+from keras_fastres import data, plots
+from keras_fastres.config import TrainConfig, option_name
+from keras_fastres.console import HelpFormatter, program
+from keras_fastres.run import RunFailed, train
+
+
+def _cli_word(field, value):
+    """How the command line writes a setting's value (the inverse of `_from_cli`)."""
+    words = field.metadata["cli_values"]
+    if words:
+        return next(word for word, meant in words.items() if meant == value)
+    return list(value) if isinstance(field.default, tuple) else value
+
+
+def _from_cli(field, value):
+    words = field.metadata["cli_values"]
+    if words:
+        return words[value]
+    return tuple(value) if isinstance(field.default, tuple) else value
+
+
+def _add_option(parser, field, default):
+    meta = field.metadata
+    kwargs = {"default": _cli_word(field, default), "help": meta["help"].replace("%", "%%")}
+    if isinstance(field.default, bool):
+        kwargs["action"] = "store_true"
+    else:
+        several = isinstance(field.default, tuple)
+        kwargs["choices"] = tuple(meta["cli_values"] or ()) or meta["choices"]
+        kind = meta["type"] or (str if several or meta["cli_values"] else type(field.default))
+        kwargs["type"] = kind  # ranges are check_config's: one line, before any work
+        if meta["nargs"]:
+            kwargs["nargs"] = meta["nargs"]
+        if meta["metavar"]:
+            kwargs["metavar"] = meta["metavar"]
+    parser.add_argument(option_name(field), dest=field.name, **kwargs)
+    if meta["shorthand"]:
+        flag, value, help_text = meta["shorthand"]
+        parser.add_argument(flag, dest=field.name, action="store_const", const=value,
+                            help=help_text)
+
+
+def options(defaults, choose_dataset=False):
+    """The settings of `defaults` (a TrainConfig) that the command line takes."""
+    return [field for field in dataclasses.fields(defaults) if field.metadata["option"]
+            and (choose_dataset or not field.metadata["only_fastres_train"])]
+
+
+def build_parser(defaults, choose_dataset=False):
+    """The recipes' parser, `defaults` (the recipe's TrainConfig) as its defaults;
+    `choose_dataset` adds --dataset (fastres-train)."""
+    parser = argparse.ArgumentParser(
+        prog=program("keras_fastres.commands.train") if choose_dataset else None,
+        description=f"Train a CIFAR ResNet on "
+                    f"{'CIFAR-10 or CIFAR-100' if choose_dataset else defaults.dataset} with "
+                    f"the paper's recipe. A killed run continues from its last finished epoch "
+                    f"when the same command is run again.",
+        formatter_class=HelpFormatter)
+    for field in options(defaults, choose_dataset):
+        _add_option(parser, field, getattr(defaults, field.name))
+    parser.add_argument("--compare", nargs="+", metavar="RUN_DIR",
+                        help="plot the test error of finished runs on one figure and exit")
+    return parser
+
+
+def parse_args(defaults, argv=None, choose_dataset=False):
+    """The recipes' command line parsed into a copy of `defaults` (see `build_parser`), or the
+    parsed arguments of --compare."""
+    args = build_parser(defaults, choose_dataset).parse_args(argv)
+    if args.compare:
+        return args
+    return dataclasses.replace(defaults, **{
+        field.name: _from_cli(field, getattr(args, field.name))
+        for field in options(defaults, choose_dataset)})
+
+
+def command(argv=None):
+    """fastres-train: the paper's recipe on CIFAR-10 or, with --dataset cifar100, CIFAR-100."""
+    return main(TrainConfig(), argv, choose_dataset=True)
+
+
+def main(defaults, argv=None, choose_dataset=False):
+    """Entry point of the recipes (and fastres-train, with `choose_dataset`): parse, train,
+    print the result; errors as one clear line."""
+    parsed = parse_args(defaults, argv, choose_dataset)
+    try:
+        if isinstance(parsed, argparse.Namespace):
+            figure = Path(parsed.output_dir or ".") / "comparison.png"
+            plots.compare_runs(parsed.compare, figure)
+            print(f"Wrote {figure}")
+            return 0
+        metrics = train(parsed)
+    except (ValueError, data.DataUnavailableError, RunFailed, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ValueError) else 1
+    except tf.errors.OpError as error:
+        message = f"error: TensorFlow: {error.message.splitlines()[0]}"
+        if parsed.strategy == "multi-worker":
+            # A lost worker aborts every other worker's collectives.
+            message += (f"\nIf a worker was lost, start every worker again with the same "
+                        f"command: the run continues from its last finished epoch (saved in "
+                        f"{parsed.run_dir() / 'backup'}).")
+        print(message, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Run the same command again to continue from the last finished "
+              f"epoch (saved in {parsed.run_dir() / 'backup'}).", file=sys.stderr)
+        return 130
+    print(f"test error {100 * metrics['test_error']:.2f}%, "
+          f"{metrics['mean_epoch_seconds']:.2f} s/epoch "
+          f"({metrics['images_per_second']:.0f} images/s) on {metrics['device']}; "
+          + (f"outputs in {metrics['outputs']}" if metrics["outputs"] else
+             "this worker wrote nothing; the chief wrote the outputs"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(command())

@@ -1,0 +1,195 @@
+"""The training settings, declared once: `TrainConfig`.
+
+Each field carries its default and, in its metadata (`setting`), its help, its choices, whether
+the command line takes it, and whether it defines the experiment (a resumed run may not change
+it). The command line (commands/train.py), the checks (`check_config`), the settings stored with
+a run (run.py's `experiment`) and the README's option table (checked by a test) all follow from
+this one declaration: a new setting is one field here plus the code that uses it.
+
+Also here: the model and optimiser a configuration describes (`build_and_compile`), which the
+runs and the benchmarks share.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from keras_fastres import batch_norm, blocks, data, distribute, models
+from keras_fastres.machine import resolve_jit_compile
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PAPER_BATCH_SIZE = 128  # the reference for --lr-scaling linear
+
+
+def setting(default, help, *, experiment=False, choices=None, cli_values=None, option=True,
+            only_fastres_train=False, positive=False, type=None, nargs=None, metavar=None,
+            shorthand=None):
+    """A TrainConfig field and what the command line and the checks need to know of it.
+
+    experiment: a run is only ever continued with the same value (see run.py).
+    choices: the valid values (each item's, for a tuple field).
+    cli_values: {command-line word: value}, for fields whose values are not words (None,
+        True...): e.g. --jit-compile auto|on|off for None|True|False.
+    option: False for settings a recipe's TrainConfig sets but the command line does not.
+    only_fastres_train: an option of fastres-train only (the recipes fix it).
+    positive: an integer >= 1 (each item's, for a tuple field).
+    type, nargs, metavar: as argparse's (type: from the default when not given).
+    shorthand: (flag, value, help): a flag that sets this field to value.
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "experiment": experiment, "choices": choices, "cli_values": cli_values,
+        "option": option, "only_fastres_train": only_fastres_train, "positive": positive,
+        "type": type, "nargs": nargs, "metavar": metavar, "shorthand": shorthand})
+
+
+@dataclass
+class TrainConfig:
+    """One experiment. The defaults are the paper's recipe (He et al.'s ResNet setup).
+
+    Field order is the order of the command line's --help and of the README's option table.
+    """
+
+    dataset: str = setting(
+        "cifar10", "the data set, and its mean and std in the model", experiment=True,
+        choices=data.DATASETS, only_fastres_train=True)
+    depth: int = setting(110, "6n+2", experiment=True)
+    variant: str = setting(
+        "type1", "type1: FastResNet; preact: the paper's baseline; type2: its ablation; v1: "
+        "the original ResNet", experiment=True, choices=tuple(sorted(models.BLOCKS)))
+    shortcut: str = setting(
+        "A", "at stride-2 blocks: A zero-pads, B projects (1x1 convolution)", experiment=True,
+        choices=blocks.SHORTCUTS)
+    epochs: int = setting(160, "the learning rate drops 10x at 50% and 75% of them",
+                          experiment=True, positive=True)
+    batch_size: int = setting(128, "the global batch (over all replicas)", experiment=True,
+                              positive=True)
+    learning_rate: float = setting(  # divided by 10 at 50% and 75% of the epochs
+        0.1, "SGD with Nesterov momentum 0.9, weight decay 1e-4", experiment=True)
+    momentum: float = setting(0.9, "Nesterov momentum", experiment=True, option=False)
+    weight_decay: float = setting(1e-4, "L2, as the gradient term weight_decay * w",
+                                  experiment=True, option=False)
+    drop_path_rate: float = setting(0.0, "stochastic depth, last block's drop rate (0: off)",
+                                    experiment=True)
+    extra_augmentation: tuple = setting(
+        (), "beyond the paper's crop and flip (default: none)", experiment=True,
+        choices=data.EXTRA_AUGMENTATIONS, nargs="*")
+    precision: str = setting(
+        "float32", "mixed_bfloat16: bf16 activations (fast on CPUs with AMX-BF16); "
+        "mixed_float16: fp16 with loss scaling (GPUs)", experiment=True, choices=PRECISIONS)
+    batch_norm: str = setting("auto", "auto: TensorFlow's fused kernel; keras: Keras's layer",
+                              choices=batch_norm.IMPLEMENTATIONS)
+    jit_compile: bool | None = setting(
+        None, "XLA; auto: on with GPUs, off on CPUs",
+        cli_values={"auto": None, "on": True, "off": False})
+    strategy: str = setting(
+        "auto", "auto: all local GPUs when there are several; multi-worker: configured by "
+        "TF_CONFIG", choices=distribute.STRATEGIES)
+    cpu_replicas: int | None = setting(
+        None, "with --strategy mirrored and no GPUs: that many logical CPU devices (to try "
+        "data parallelism); default: none", positive=True, type=int)
+    lr_scaling: str | None = setting(
+        None, "linear: learning rate x batch size / 128 (the batch is global)",
+        experiment=True, cli_values={"none": None, "linear": "linear"})
+    source: str = setting(
+        "tfds", "tfds: downloads CIFAR on first use; archive: the official "
+        "cifar-*-python.tar.gz in --data-dir; synthetic: random images", experiment=True,
+        choices=data.SOURCES, shorthand=(
+            "--synthetic", "synthetic",
+            "shorthand for --source synthetic (smoke runs and benchmarks only)"))
+    synthetic_size: tuple = setting(
+        (1024, 256), "images of the synthetic source", experiment=True, positive=True,
+        type=int, nargs=2, metavar=("TRAIN", "TEST"))
+    data_dir: str | None = setting(
+        None, "TFDS data_dir (None: TFDS's default, ~/tensorflow_datasets), or the CIFAR "
+        "python archive / its folder", type=str)
+    seed: int | None = setting(  # stored with the run as the experiment's "seed"
+        None, "fixes weights, data order and augmentation (None: one is drawn and stored "
+        "with the run)", type=int)
+    output_dir: str | None = setting(
+        None, "None: runs/<dataset>[-synthetic]-resnet<depth>-<variant>[-seed<seed>]",
+        type=str)
+    export: bool = setting(False, "write a SavedModel for serving at the end (default: no)")
+    verbose: int | None = setting(
+        None, "None: a progress bar on a terminal, one line per epoch otherwise", option=False)
+
+    def run_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        source = "-synthetic" if self.source == "synthetic" else ""
+        seed = f"-seed{self.seed}" if self.seed is not None else ""
+        return Path("runs") / f"{self.dataset}{source}-resnet{self.depth}-{self.variant}{seed}"
+
+
+def experiment_fields(config):
+    """The settings that define an experiment: a run is only ever continued with the same
+    ones. (How it runs - strategy, XLA, the BN implementation, verbosity - may change.)"""
+    return tuple(f.name for f in dataclasses.fields(config) if f.metadata["experiment"])
+
+
+def option_name(field):
+    return "--" + field.name.replace("_", "-")
+
+
+def check_config(config):
+    """The configuration's errors, before any data is read, as one ValueError each: every
+    setting against its declared choices and ranges, then what depends on several of them.
+    (The model checks its own arguments too; the run directory is checked by run.py.)"""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        several = isinstance(field.default, tuple)
+        items = value if several else (value,)
+        meta = field.metadata
+        allowed = meta["choices"] or (meta["cli_values"] and tuple(meta["cli_values"].values()))
+        if allowed and any(item not in allowed for item in items):
+            raise ValueError(f"{field.name} must be {'taken from' if several else 'one of'} "
+                             f"{allowed}, got {value!r}.")
+        if meta["positive"] and not (field.default is None and value is None):
+            for item in items:
+                if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+                    raise ValueError(f"{field.name} must be a positive integer, got {value!r}.")
+    batch_norm.check_implementation(config.batch_norm)  # and that it runs on this backend
+    models.blocks_per_stage(config.depth)
+    blocks.check_weight_decay(config.weight_decay)
+    if not (isinstance(config.learning_rate, (int, float)) and 0 < config.learning_rate < math.inf):
+        raise ValueError(f"learning_rate must be a positive number, got "
+                         f"{config.learning_rate!r}.")
+    if not 0 <= config.drop_path_rate < 1:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {config.drop_path_rate!r}.")
+    if config.source == "archive" and not config.data_dir:
+        raise ValueError("source 'archive' needs data_dir: the cifar-*-python.tar.gz file or "
+                         "the folder holding it.")
+    if config.data_dir and config.source != "tfds" and not Path(config.data_dir).exists():
+        raise ValueError(f"data_dir {config.data_dir} does not exist.")
+    if config.cpu_replicas and config.strategy != "mirrored":
+        raise ValueError("cpu_replicas is for strategy 'mirrored' only.")
+
+
+def scaled_learning_rate(config):
+    """The learning rate the run trains with: the paper's, or with lr_scaling 'linear' that
+    times batch_size / 128."""
+    if config.lr_scaling == "linear":
+        return config.learning_rate * config.batch_size / PAPER_BATCH_SIZE
+    return config.learning_rate
+
+
+def build_and_compile(config, num_classes, synchronized_batch_norm=False):
+    """The model of `config` with the paper's optimiser: SGD, Nesterov momentum, weight decay
+    as L2 in the layers (gradient term weight_decay * w), in `config.precision`. Keras wraps
+    the optimiser in a LossScaleOptimizer under mixed_float16."""
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}.")
+    model = models.FastResNet(
+        config.depth, config.variant, num_classes=num_classes, shortcut=config.shortcut,
+        drop_path_rate=config.drop_path_rate, weight_decay=config.weight_decay,
+        normalization=config.dataset, synchronized_batch_norm=synchronized_batch_norm,
+        batch_norm=config.batch_norm, dtype=config.precision)
+    model.compile(
+        optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum,
+                                       nesterov=True),
+        loss=("categorical_crossentropy" if data.mixes_labels(config.extra_augmentation)
+              else "sparse_categorical_crossentropy"),
+        metrics=["accuracy"], jit_compile=resolve_jit_compile(config.jit_compile))
+    return model

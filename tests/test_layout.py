@@ -1,0 +1,88 @@
+"""The package's layering: no import cycle (imports inside functions included), and the command
+lines import the library, never the reverse."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "keras_fastres"
+
+
+def module_name(path):
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports():
+    """{module: the package's modules it imports anywhere in its code}."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module if node.level == 0 else None
+                assert base, f"{path}: relative import"
+                # `from package import module` imports the module; `from module import name`
+                # the module itself.
+                targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                            for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def find_cycle(graph):
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                return stack[stack.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def longest_chain(graph):
+    memo = {}
+
+    def depth(node):
+        if node not in memo:
+            memo[node] = 1 + max((depth(t) for t in graph[node]), default=0)
+        return memo[node]
+    return max(depth(node) for node in graph)
+
+
+def test_the_package_has_no_import_cycle():
+    graph = package_imports()
+    assert len(graph) > 20 and "keras_fastres.run" in graph["keras_fastres.commands.train"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    assert longest_chain({"a": {"b"}, "b": {"c"}, "c": set()}) == 3
+
+
+def test_only_the_commands_import_the_commands():
+    for module, targets in package_imports().items():
+        if not module.startswith("keras_fastres.commands"):
+            assert not [t for t in targets if t.startswith("keras_fastres.commands")], module
+
+
+def test_only_the_commands_parse_arguments():
+    for module, path in ((module_name(p), p) for p in PACKAGE.rglob("*.py")):
+        imports = {alias.name for node in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(node, ast.Import) for alias in node.names}
+        if not module.startswith("keras_fastres.commands") and module != "keras_fastres.console":
+            assert "argparse" not in imports, module
