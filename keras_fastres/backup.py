@@ -12,6 +12,7 @@ a warning, and when none loads the error names each file and what to do.
 """
 
 import json
+import math
 import os
 import re
 import shutil
@@ -65,12 +66,10 @@ class Backup(keras.callbacks.Callback):
         the others are reported once and skipped."""
         if self._usable is None:
             self._usable, self._damaged = [], []
-            for _, folder in self.generations():
+            for number, folder in self.generations():
                 try:
                     state = json.loads((folder / STATE).read_text())
-                    if not isinstance(state.get("finished_epochs"), int) or (
-                            "experiment" not in state):
-                        raise ValueError("finished_epochs or experiment missing")
+                    check_state(state, number)
                     self._usable.append((folder, state))
                 except (OSError, ValueError, KeyError, TypeError) as error:
                     self._damaged.append(f"{folder / STATE}: {describe(error)}")
@@ -112,17 +111,55 @@ class Backup(keras.callbacks.Callback):
         target = self.directory / f"epoch-{finished_epochs:04d}"
         temporary = files.temporary_sibling(target)
         shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir()
-        self.model.save_weights(temporary / WEIGHTS)
-        (temporary / STATE).write_text(json.dumps(
-            {"finished_epochs": finished_epochs, "experiment": self.experiment}))
-        for path in (temporary / WEIGHTS, temporary / STATE, temporary):
-            sync(path)  # on disk before the rename makes the generation visible
+        # h5py meets a full disk with a cascade of ignored exceptions and then may crash the
+        # process, so make sure there is room first: weights and optimizer state at 8 bytes
+        # an element (twice float32's, as slack), and 1 MB for the files' structure.
+        needed = 8 * sum(math.prod(v.shape) for v in [*self.model.weights,
+                                                      *self.model.optimizer.variables]) + 2 ** 20
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise OSError(f"No room for the backup of epoch {finished_epochs} in "
+                          f"{self.directory}: it needs about {needed / 2 ** 20:.0f} MB and "
+                          f"{free / 2 ** 20:.0f} MB are free. Make room and run the same "
+                          f"command again: the run continues from its last backup.")
+        try:
+            temporary.mkdir()
+            self.model.save_weights(temporary / WEIGHTS)
+            (temporary / STATE).write_text(json.dumps(
+                {"finished_epochs": finished_epochs, "experiment": self.experiment}))
+            for path in (temporary / WEIGHTS, temporary / STATE, temporary):
+                sync(path)  # on disk before the rename makes the generation visible
+        except OSError as error:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise OSError(f"Could not write the backup of epoch {finished_epochs} in "
+                          f"{temporary}: {error.strerror or describe(error)}. Make room (or "
+                          f"fix the folder) and run the same command again: the run "
+                          f"continues from its last backup.") from None
         shutil.rmtree(target, ignore_errors=True)  # a damaged one this run is redoing
         os.rename(temporary, target)
         for _, old in self.generations()[KEEP:]:
             shutil.rmtree(old, ignore_errors=True)
         self._usable = None
+
+
+def _is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_state(state, generation):
+    """A ValueError unless `state` is what `Backup.save` writes for generation `generation`:
+    finished_epochs that number, and an experiment with an integer seed and at least that many
+    epochs."""
+    if not isinstance(state, dict) or not isinstance(state.get("experiment"), dict):
+        raise ValueError("no experiment settings in it")
+    finished, experiment = state.get("finished_epochs"), state["experiment"]
+    if not _is_integer(finished) or finished != generation:
+        raise ValueError(f"finished_epochs is {finished!r}, not {generation} as the folder says")
+    if not _is_integer(experiment.get("seed")):
+        raise ValueError(f"the seed is {experiment.get('seed')!r}, not an integer")
+    epochs = experiment.get("epochs")
+    if not _is_integer(epochs) or not 1 <= finished <= epochs:
+        raise ValueError(f"{finished} finished epochs of {epochs!r}")
 
 
 def sync(path):

@@ -3,6 +3,7 @@
 import csv
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -82,7 +83,9 @@ class HistoryCSV(keras.callbacks.Callback):
     val_loss and val_accuracy.
 
     The file is rewritten atomically at each epoch end, replacing any row of the same or a later
-    epoch, so a run that is killed and resumed ends with exactly one row per epoch.
+    epoch, so a run that is killed and resumed ends with exactly one row per epoch. The rows
+    are kept in memory too: when the file loses rows during the run (deleted or edited), they
+    are written again, with a warning.
     """
 
     COLUMNS = ("epoch", "loss", "accuracy", "test_loss", "test_error", "learning_rate",
@@ -91,6 +94,7 @@ class HistoryCSV(keras.callbacks.Callback):
     def __init__(self, path):
         super().__init__()
         self.path = Path(path)
+        self.rows = None  # read from the file at the first epoch end
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -98,8 +102,42 @@ class HistoryCSV(keras.callbacks.Callback):
             logs.update(test_loss=logs.get("val_loss"), test_error=1.0 - logs["val_accuracy"])
         row = {key: logs.get(key) for key in self.COLUMNS}
         row["epoch"] = epoch + 1
-        rows = [r for r in read_history(self.path) if int(r["epoch"]) <= epoch] + [row]
-        _write_history(self.path, rows)
+        on_disk = [r for r in read_history(self.path) if int(r["epoch"]) <= epoch]
+        if self.rows is None:
+            self.rows = on_disk
+        kept = [r for r in self.rows if int(r["epoch"]) <= epoch]
+        lost = sorted({int(r["epoch"]) for r in kept} - {int(r["epoch"]) for r in on_disk})
+        if lost:
+            print(f"warning: {self.path} lost the rows of epochs {lost[0]}-{lost[-1]} during "
+                  f"the run (deleted or edited); writing them again.", file=sys.stderr,
+                  flush=True)
+        self.rows = kept + [row]
+        _write_history(self.path, self.rows)
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training when the loss of a step, or at the end of an epoch any weight (BN
+    statistics included), is NaN or infinite; `reason` says which. A learning rate far too
+    large can leave the loss finite (saturated probabilities) while the weights overflow.
+    Place it before the backup, so that the epoch that went wrong is not backed up."""
+
+    def __init__(self):
+        super().__init__()
+        self.reason = None
+
+    def _stop(self, reason):
+        self.reason = reason
+        self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self._stop("the loss became NaN or infinite")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.reason is None and not all(
+                bool(keras.ops.all(keras.ops.isfinite(w))) for w in self.model.weights):
+            self._stop("a weight became NaN or infinite")
 
 
 def _write_history(path, rows):
@@ -121,9 +159,17 @@ def truncate_history(path, epochs):
 
 
 def read_history(path):
-    """The rows of a history file as dicts of strings; [] when there is none yet."""
+    """The rows of a history file as dicts of strings; [] when there is none yet; a ValueError
+    naming the file when it is not one this package wrote."""
     path = Path(path)
     if not path.exists():
         return []
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
+    try:
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        for row in rows:
+            int(row["epoch"])
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a history file of a run ({type(error).__name__}: "
+                         f"{error}); move it away to start the history anew.") from None
+    return rows

@@ -87,6 +87,9 @@ class TrainConfig:
     strategy: str = setting(
         "auto", "auto: all local GPUs when there are several; multi-worker: configured by "
         "TF_CONFIG", choices=distribute.STRATEGIES)
+    cluster_timeout: int = setting(
+        300, "with --strategy multi-worker: seconds to wait for every worker of TF_CONFIG to "
+        "start", positive=True)
     cpu_replicas: int | None = setting(
         None, "with --strategy mirrored and no GPUs: that many logical CPU devices (to try "
         "data parallelism); default: none", positive=True, type=int)
@@ -131,6 +134,23 @@ def experiment_fields(config):
 
 def option_name(field):
     return "--" + field.name.replace("_", "-")
+
+
+def option_word(field, value):
+    """How the command line writes a setting's value (`value_of_word` undoes it): the word
+    for a `cli_values` setting, a list for a tuple, the value itself otherwise."""
+    words = field.metadata["cli_values"]
+    if words:
+        return next(word for word, meant in words.items() if meant == value)
+    return list(value) if isinstance(field.default, tuple) else value
+
+
+def value_of_word(field, word):
+    """The setting's value for what the command line parsed."""
+    words = field.metadata["cli_values"]
+    if words:
+        return words[word]
+    return tuple(word) if isinstance(field.default, tuple) else word
 
 
 def check_config(config):

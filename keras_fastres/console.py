@@ -8,6 +8,7 @@ This module imports only the standard library: the package imports it before Ten
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ def quiet_tensorflow_start():
     without a GPU), none of which a user can act on. Python's own warnings still show. Anyone
     who sets TF_CPP_MIN_LOG_LEVEL (e.g. 0) sees everything TensorFlow prints; so does every
     process that imports the package as a library."""
+    if started_as_command():
+        require_backend_installed()
     if not started_as_command() or "TF_CPP_MIN_LOG_LEVEL" in os.environ or (
             "tensorflow" in sys.modules):
         yield
@@ -51,8 +54,21 @@ def quiet_tensorflow_start():
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
-        sys.stderr.close()
+        # Left open: logging handlers created meanwhile (absl's, which tf2onnx's logs reach)
+        # hold this stream, a duplicate of the real stderr, and must go on writing to it.
         sys.stderr = python_stderr
+
+
+def require_backend_installed():
+    """In a command, one line and exit status 1 when KERAS_BACKEND names a backend whose
+    library is not installed (Keras would fail with an import traceback)."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    module = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}.get(backend)
+    if module and importlib.util.find_spec(module) is None:
+        extra = f" (pip install 'keras-fastres[{backend}]')" if backend != "tensorflow" else ""
+        raise SystemExit(f"error: KERAS_BACKEND={backend} selects Keras's {backend} backend, "
+                         f"and {module} is not installed{extra}. Install it, or unset "
+                         f"KERAS_BACKEND to run on TensorFlow.")
 
 
 def program(module):

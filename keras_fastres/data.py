@@ -131,10 +131,19 @@ def load_cifar(name="cifar10", source="tfds", data_dir=None, download=True,
     check_dataset(name)
     check_source(source)
     if source == "tfds":
-        return _load_tfds(name, data_dir, download)
-    if source == "archive":
-        return _load_archive(name, data_dir)
-    return synthetic_cifar(name, *synthetic_size, seed=seed)
+        cifar = _load_tfds(name, data_dir, download)
+    elif source == "archive":
+        cifar = _load_archive(name, data_dir)
+    else:
+        return synthetic_cifar(name, *synthetic_size, seed=seed)
+    for split_name, split in (("train", cifar.train), ("test", cifar.test)):
+        outside = split.labels[(split.labels < 0) | (split.labels >= cifar.num_classes)]
+        if outside.size:
+            raise DataUnavailableError(
+                f"The {split_name} split of {name} from {data_dir or source} has labels outside "
+                f"0..{cifar.num_classes - 1} (e.g. {int(outside[0])}): it is not {name}, or it "
+                f"is damaged.")
+    return cifar
 
 
 def synthetic_cifar(name="cifar10", train_size=1024, test_size=256, seed=0):
@@ -247,6 +256,13 @@ def _load_archive(name, data_dir):
     if data_dir is None:
         raise DataUnavailableError(f"--source archive needs --data-dir. {help_text}")
     found, tried = _find_archive(name, data_dir)
+    given = Path(data_dir).expanduser()
+    for candidate in ([given] if given.is_file() else [given / archive]):
+        if found is None and candidate.is_file():  # there, but not a tar archive
+            size = candidate.stat().st_size
+            what = "an empty file" if size == 0 else f"{size} bytes of something else"
+            raise DataUnavailableError(f"{candidate} is not a tar.gz archive ({what}): "
+                                       f"download it again. {help_text}")
     if found is None:
         raise DataUnavailableError(
             f"No {name} data found at {data_dir} (tried: {', '.join(map(str, tried))}). "

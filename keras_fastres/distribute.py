@@ -6,11 +6,15 @@ the model symbolically, and every step it reduces the scalar logs with `axis=0`;
 Using fit() for one device and a custom loop for clusters would make the cluster path the
 untested one. So every strategy runs this loop: `strategy.run` of a compiled training step on
 a distributed dataset, driving the same Keras callbacks fit() would (`CallbackList`: progress
-bar, schedule, timer, history, TensorBoard, TerminateOnNaN). Checked here: two localhost
+bar, schedule, timer, history, TensorBoard, the non-finite stop). Checked here: two localhost
 workers end with identical weights, and two logical CPUs match one device.
 """
 
+import json
 import os
+import signal
+import subprocess
+import sys
 
 import keras
 import tensorflow as tf
@@ -18,21 +22,19 @@ import tensorflow as tf
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 
 
-def make_strategy(name="auto", cpu_replicas=None):
+def make_strategy(name="auto", cpu_replicas=None, cluster_timeout=300.0):
     """A tf.distribute strategy by name.
 
     "auto": MirroredStrategy over all local GPUs when there are several, else the default
     (one device). "one-device": the first GPU, or the CPU. "mirrored": all local GPUs, or with
     `cpu_replicas` that many logical CPU devices (to try data parallelism without GPUs).
-    "multi-worker": MultiWorkerMirroredStrategy, configured by the TF_CONFIG variable.
+    "multi-worker": MultiWorkerMirroredStrategy, configured by the TF_CONFIG variable; it
+    waits at most `cluster_timeout` seconds for every worker to join (`_join_cluster`).
     """
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}.")
-    if name == "multi-worker" and "TF_CONFIG" not in os.environ:
-        raise ValueError(
-            "strategy 'multi-worker' needs the TF_CONFIG environment variable, e.g. "
-            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-            '"task": {"type": "worker", "index": 0}}.')
+    if name == "multi-worker":
+        check_tf_config(os.environ.get("TF_CONFIG"))
     if cpu_replicas:
         if name != "mirrored":
             raise ValueError("cpu_replicas is for strategy 'mirrored' only.")
@@ -40,7 +42,7 @@ def make_strategy(name="auto", cpu_replicas=None):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
     if name == "multi-worker":  # before anything else starts TensorFlow's runtime
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _join_cluster(cluster_timeout)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored":
         devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
@@ -48,6 +50,69 @@ def make_strategy(name="auto", cpu_replicas=None):
     if name == "one-device" or len(gpus) < 2:
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     return tf.distribute.MirroredStrategy()
+
+
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
+
+
+def check_tf_config(text):
+    """The cluster's addresses from the TF_CONFIG variable's `text`, or a ValueError naming
+    TF_CONFIG and what is wrong in it."""
+    def wrong(reason):
+        return ValueError(f"TF_CONFIG {reason}; it should look like {TF_CONFIG_EXAMPLE}.")
+    if not text:
+        raise ValueError(f"strategy 'multi-worker' needs the TF_CONFIG environment variable, "
+                         f"e.g. {TF_CONFIG_EXAMPLE}.")
+    try:
+        config = json.loads(text)
+    except ValueError as error:
+        raise wrong(f"is not JSON ({error})") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(jobs, list) and jobs and all(isinstance(a, str) and ":" in a for a in jobs)
+            for jobs in cluster.values()):
+        raise wrong('needs "cluster": a list of "host:port" addresses for each task type')
+    task = config.get("task")
+    if not isinstance(task, dict) or task.get("type") not in cluster or not (
+            isinstance(task.get("index"), int) and 0 <= task["index"] < len(
+                cluster[task["type"]])):
+        raise wrong(f'needs "task": a type among {sorted(cluster)} and its index in that list')
+    return [address for jobs in cluster.values() for address in jobs]
+
+
+# Run beside a worker that joins its cluster: TensorFlow blocks inside the strategy's
+# constructor, holding the GIL and deaf to Python's signal handlers, until every worker has
+# started. This process (no TensorFlow in it) waits for word that the join is done (its stdin
+# closing, also when the worker dies), and if none comes in time it says so and stops the worker.
+WATCHDOG = """
+import os, select, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to answer
+worker, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], timeout)[0]:
+    print(message, file=sys.stderr, flush=True)
+    os.kill(worker, signal.SIGKILL)
+"""
+
+
+def _join_cluster(timeout):
+    """MultiWorkerMirroredStrategy, waiting at most `timeout` seconds for every worker of
+    TF_CONFIG to start: after that a watchdog process prints one line and stops this one
+    (exit status 137). Ctrl-C stops the wait at once. (SIGTERM does not: TensorFlow's own
+    preemption notifier takes it while the cluster assembles.)"""
+    addresses = ", ".join(check_tf_config(os.environ.get("TF_CONFIG")))
+    message = (f"error: The cluster did not assemble within {timeout:g} s: not every worker of "
+               f"TF_CONFIG ({addresses}) started. Start the same command on each of them (or "
+               f"raise --cluster-timeout).")
+    watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(timeout),
+                                 message], stdin=subprocess.PIPE)
+    interrupt = signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python's handler cannot run
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
+        watchdog.stdin.close()
+        watchdog.wait()
 
 
 def agree_on_seed(strategy, seed):

@@ -11,6 +11,8 @@
 Depth counts the convolutions on the longest path: 6n + 2.
 """
 
+import warnings
+
 import keras
 from keras import layers
 
@@ -44,6 +46,11 @@ def blocks_per_stage(depth):
 
 def _normalization_stats(normalization, num_classes):
     if normalization == "auto":
+        if num_classes not in (10, 100):
+            warnings.warn(
+                f"FastResNet(num_classes={num_classes}, normalization='auto') standardises its "
+                f"input with CIFAR-10's mean and std; pass normalization=(mean, std) of your "
+                f"images (per channel, 0-255 scale) or None.", stacklevel=4)
         normalization = "cifar100" if num_classes == 100 else "cifar10"
     if normalization is None:
         return None

@@ -1,15 +1,10 @@
 """Error curves per epoch, like the paper's figures 6-8."""
 
-import json
-from pathlib import Path
-
 import matplotlib
 import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-
-from keras_fastres.callbacks import read_history  # noqa: E402
 
 
 def plot_runs(runs, path, train_error=False, title=None):
@@ -40,20 +35,3 @@ def error_figure(runs, train_error=False, title=None):
         axes.set_title(title)
     figure.tight_layout()
     return figure
-
-
-def compare_runs(run_dirs, path):
-    """One figure with the test error of several finished runs (e.g. preact vs type1)."""
-    runs = []
-    for run_dir in map(Path, run_dirs):
-        rows = read_history(run_dir / "history.csv")
-        if not rows:
-            raise ValueError(f"{run_dir} has no history.csv; give directories of recipe runs.")
-        metrics_file = run_dir / "metrics.json"
-        if metrics_file.exists():
-            metrics = json.loads(metrics_file.read_text())
-            label = f"{metrics['dataset']} ResNet-{metrics['depth']} {metrics['variant']}"
-        else:
-            label = run_dir.name
-        runs.append((label, rows))
-    plot_runs(runs, path, title="test error")

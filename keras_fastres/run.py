@@ -9,18 +9,20 @@ A run writes into its output directory:
     tensorboard/     TensorBoard logs
     backup/          the last two finished epochs while the run is unfinished (backup.Backup):
                      running the same command again continues from the newest one
+A run is finished when its metrics.json exists: it is written last, atomically, and a finished
+run is never trained again.
 Training runs in distribute.Trainer under a tf.distribute strategy (one device by default);
 only the chief writes these outputs.
 """
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
 import random
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -29,19 +31,47 @@ import tensorflow as tf
 
 from keras_fastres import callbacks, data, distribute, files, plots
 from keras_fastres.backup import Backup
+from keras_fastres.lock import folder_lock
 from keras_fastres.config import (build_and_compile, check_config, experiment_fields,
-                                  scaled_learning_rate)
+                                  option_word, scaled_learning_rate)
 from keras_fastres.machine import (describe_device, require_tensorflow_backend,
                                    resolve_jit_compile, versions)
 from keras_fastres.serving.export import export_saved_model
 
 
 class RunFailed(RuntimeError):
-    """Training stopped without a usable model (the loss became NaN)."""
+    """Training stopped without a usable model (the loss or a weight became NaN)."""
+
+
+class RunRefused(RuntimeError):
+    """The output directory holds a finished run."""
+
+
+class Terminated(Exception):
+    """The process received SIGTERM (a scheduler preempting it, `kill`): raised in the main
+    thread as soon as Python runs again, i.e. after the current training step."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM raises Terminated for the duration. Every file a run writes appears only when
+    complete, so stopping anywhere loses at most the unfinished epoch."""
+    def terminate(signum, frame):
+        raise Terminated
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_output_dir(run_dir):
-    """A ValueError when `run_dir` is a file or cannot be created (checked before any work)."""
+    """A ValueError when `run_dir` is a file, a broken link, or cannot be created, or its backup
+    folder is a link (checked before any work)."""
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise ValueError(f"The output directory {run_dir} is a symbolic link to nothing (its "
+                         f"target is missing, or the link leads to itself). Remove the link, "
+                         f"or pass another --output-dir.")
     existing = next(path for path in (run_dir, *run_dir.parents) if path.exists())
     if not existing.is_dir():
         raise ValueError(f"The output directory {run_dir} cannot be created: {existing} is a "
@@ -49,41 +79,25 @@ def check_output_dir(run_dir):
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"The output directory {run_dir} cannot be created: no permission to "
                          f"write in {existing}. Pass another --output-dir.")
+    if (run_dir / "backup").is_symlink():
+        raise ValueError(f"{run_dir / 'backup'} is a symbolic link; a run keeps its backup in "
+                         f"its own output directory. Remove the link, or pass another "
+                         f"--output-dir.")
 
 
 def check_not_finished(run_dir):
-    if (run_dir / "metrics.json").exists() and not (run_dir / "backup").exists():
-        raise ValueError(f"{run_dir} already holds a finished run; pass another output "
+    """RunRefused when `run_dir` holds a finished run (its metrics.json, written last)."""
+    if (run_dir / "metrics.json").exists():
+        raise RunRefused(f"{run_dir} already holds a finished run; pass another output "
                          f"directory or delete it to train again.")
 
 
-@contextlib.contextmanager
 def run_lock(run_dir):
-    """Holds `run_dir/.lock` for the whole run, so that two processes never train into one
-    directory: a second is refused at once, naming the holder's PID. The lock is an advisory
-    flock, which the operating system releases when its process ends, so a killed run leaves
-    no stale lock. A run that fails before writing anything leaves no directory behind."""
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".lock"
-    try:
-        with open(path, "a+") as file:
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                file.seek(0)
-                holder = file.read().strip() or "unknown"
-                raise ValueError(
-                    f"Another process (PID {holder}) is training in {run_dir}; wait for it to "
-                    f"end, or pass another --output-dir.") from None
-            file.seek(0)
-            file.truncate()
-            file.write(f"{os.getpid()}\n")
-            file.flush()
-            yield
-    finally:
-        if created and [p.name for p in run_dir.iterdir()] == [".lock"]:
-            shutil.rmtree(run_dir, ignore_errors=True)
+    """Holds the run directory for the whole run (lock.folder_lock): a second process is
+    refused at once, naming the holder's PID; a killed run leaves no lock behind; a run that
+    fails before writing anything leaves no directory behind."""
+    return folder_lock(run_dir, f"Another process (PID {{pid}}) is training in {run_dir}; wait "
+                                f"for it to end, or pass another --output-dir.")
 
 
 def train(config):
@@ -94,9 +108,11 @@ def train(config):
     run_dir = config.run_dir()
     check_output_dir(run_dir)
     check_not_finished(run_dir)
-    strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
+    strategy = distribute.make_strategy(config.strategy, config.cpu_replicas,
+                                        config.cluster_timeout)
     chief = distribute.is_chief(strategy)
-    with run_lock(run_dir) if chief else contextlib.nullcontext():
+    # After the strategy: TensorFlow's multi-worker runtime installs a SIGTERM handler of its own.
+    with stop_on_sigterm(), run_lock(run_dir) if chief else contextlib.nullcontext():
         check_not_finished(run_dir)  # again: another process may have just finished it
         return _train(config, run_dir, strategy, chief)
 
@@ -134,6 +150,14 @@ def _train(config, run_dir, strategy, chief):
                                  jit_compile)
     cifar = data.load_cifar(config.dataset, config.source, config.data_dir,
                             synthetic_size=config.synthetic_size, seed=seed)
+    for split_name, split in (("training", cifar.train), ("test", cifar.test)):
+        last = len(split.labels) % config.batch_size
+        if 0 < last < replicas:  # a replica with no image fails inside TensorFlow
+            raise ValueError(
+                f"The last {split_name} batch holds {last} of the {len(split.labels)} images, "
+                f"fewer than the {replicas} replicas, and each replica needs one; choose a "
+                f"--batch-size that leaves no remainder, or a remainder of at least "
+                f"{replicas}.")
     train_data = data.TrainingData(cifar.train, config.batch_size, seed, cifar.num_classes,
                                    config.extra_augmentation)
     test_data = data.test_dataset(cifar.test, config.batch_size, cifar.num_classes,
@@ -153,15 +177,16 @@ def _train(config, run_dir, strategy, chief):
     # records, and the backup is taken after the history row is written.
     outputs = [callbacks.HistoryCSV(run_dir / "history.csv"),
                keras.callbacks.TensorBoard(run_dir / "tensorboard", profile_batch=0)]
+    non_finite = callbacks.StopOnNonFinite()
     trainer.fit(train_data, test_data, config.epochs, initial_epoch=finished_epochs,
                 verbose=verbose if chief else 0, callbacks=[
                     callbacks.paper_schedule(config.epochs, config.learning_rate), timer,
-                    *(outputs if chief else []), keras.callbacks.TerminateOnNaN(), backup])
+                    *(outputs if chief else []), non_finite, backup])
     if model.stop_training:
         raise RunFailed(
             f"Training stopped in epoch {finished_epochs + len(timer.epoch_seconds)} of "
-            f"{config.epochs}: the loss became NaN or infinite. Lower the learning rate or "
-            f"check the data; the history is in {run_dir}.")
+            f"{config.epochs}: {non_finite.reason}. Lower the learning rate or check the "
+            f"data; the history is in {run_dir}.")
 
     test = trainer.evaluate(test_data)
     history = callbacks.read_history(run_dir / "history.csv") if chief else []
@@ -183,8 +208,9 @@ def _train(config, run_dir, strategy, chief):
         "total_parameters": model.count_params(),
         "replicas": replicas,
         "outputs": str(run_dir) if chief else None,
-        **{key: value for key, value in dataclasses.asdict(config).items()
-           if key not in ("verbose", "output_dir")},
+        # As the command line writes them ("auto", "none"), where a setting's value is no word.
+        **{field.name: option_word(field, getattr(config, field.name))
+           for field in dataclasses.fields(config) if field.name not in ("verbose", "output_dir")},
         "seed": seed,
         "versions": versions(),
         "device": describe_device(),
@@ -228,18 +254,50 @@ def check_same_experiment(stored, current, run_dir):
 
 
 def write_outputs(model, config, metrics, history):
-    """The chief's end of a run: model, metrics, plot, export; then the backup goes, which
-    marks the run finished."""
+    """The chief's end of a run: model, export, plot, then metrics.json, which marks the run
+    finished; then the backup goes. Each file appears only when complete, and an error names
+    the file it was writing."""
     run_dir = config.run_dir()
-    model.save(run_dir / "model.keras")
+    with _naming(run_dir / "model.keras"):
+        save_model(model, run_dir / "model.keras")
     if config.export:
-        metrics["export_dir"] = str(export_saved_model(model, run_dir / "export"))
-        print(f"Exported a SavedModel to {metrics['export_dir']}", flush=True)
-    write_json(run_dir / "metrics.json", metrics)
-    plots.plot_runs([(f"ResNet-{config.depth} {config.variant}", history)],
-                    run_dir / "error_curve.png", train_error=True,
-                    title=f"{config.dataset}, ResNet-{config.depth} {config.variant}")
+        export = run_dir / "export" / "1"
+        with _naming(export):
+            if not export.exists():  # else written by this run before it was killed
+                export_saved_model(model, run_dir / "export", version=1)
+        metrics["export_dir"] = str(export)
+        print(f"Exported a SavedModel to {export}", flush=True)
+    with _naming(run_dir / "error_curve.png"):
+        plots.plot_runs([(f"ResNet-{config.depth} {config.variant}", history)],
+                        run_dir / "error_curve.png", train_error=True,
+                        title=f"{config.dataset}, ResNet-{config.depth} {config.variant}")
+    with _naming(run_dir / "metrics.json"):
+        write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _naming(path):
+    """An OSError (a full disk...) while writing `path` as one line that names it."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or str(error).splitlines()[0]
+        raise OSError(f"Could not write {path}: {reason}. Make room (or fix the folder) and "
+                      f"run the same command again: the run continues from its backup.") from None
+
+
+def save_model(model, path):
+    """`model.save(path)`, appearing only when complete (Keras wants the .keras name, so the
+    file is written in a hidden folder beside it)."""
+    folder = files.temporary_sibling(path)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    try:
+        model.save(folder / path.name)
+        os.replace(folder / path.name, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_json(path, content):

@@ -1,5 +1,6 @@
 """The per-epoch backup: generations written as one unit, damage survived, leftovers removed."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from keras_fastres.backup import Backup, BackupUnusable
 
-EXPERIMENT = {"depth": 8, "seed": 3}
+EXPERIMENT = {"depth": 8, "epochs": 10, "seed": 3}
 
 
 def small_model(seed=0):
@@ -62,8 +63,19 @@ def test_the_newest_two_generations_are_kept_and_the_newest_restored(tmp_path):
     assert_state(fresh, states[3])  # the optimizer's momentum too
 
 
+STATES = {  # what a damaged or hand-edited state.json of generation 3 may say
+    "epochs beyond the run": {"finished_epochs": 999, "experiment": EXPERIMENT},
+    "negative epochs": {"finished_epochs": -1, "experiment": EXPERIMENT},
+    "boolean epochs": {"finished_epochs": True, "experiment": EXPERIMENT},
+    "another generation's epochs": {"finished_epochs": 2, "experiment": EXPERIMENT},
+    "experiment not a dict": {"finished_epochs": 3, "experiment": "garbage"},
+    "string seed": {"finished_epochs": 3, "experiment": {**EXPERIMENT, "seed": "11"}},
+    "not a dict": [3],
+}
+
+
 @pytest.mark.parametrize("damage", ["truncated weights", "empty weights", "empty state",
-                                    "state without epoch", "missing weights"])
+                                    "state without epoch", "missing weights", *STATES])
 def test_a_damaged_newest_generation_falls_back_to_the_previous(tmp_path, damage, capsys):
     _, states = backed_up_epochs(tmp_path / "backup", 3)
     newest = tmp_path / "backup" / "epoch-0003"
@@ -76,6 +88,8 @@ def test_a_damaged_newest_generation_falls_back_to_the_previous(tmp_path, damage
         state.write_text("")
     elif damage == "state without epoch":
         state.write_text('{"experiment": {}}')
+    elif damage in STATES:
+        state.write_text(json.dumps(STATES[damage]))
     else:
         weights.unlink()
     fresh = small_model(seed=1)

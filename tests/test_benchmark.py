@@ -78,6 +78,10 @@ def test_tiny_benchmark_report_fields_and_arithmetic():
     assert results["preact"]["ratio_to_preact"] == 1.0
     assert results["type1"]["ratio_to_preact"] == pytest.approx(
         results["type1"]["step_seconds"] / results["preact"]["step_seconds"])
+    # The peak is measured in every round, interleaved with the models; the median is used.
+    per_round = report["matmul_peak_gflops_per_round"]["float32"]
+    assert len(per_round) == 3 and peak == statistics.median(per_round)
+    assert report["peak_disturbed"] == any(r["peak_fraction"] > 1 for r in results.values())
 
     text_table, text_markdown = table(report), markdown(report)
     for text in (text_table, text_markdown):
@@ -147,3 +151,15 @@ def test_pipeline_benchmark_counts_every_image():
     assert "pipeline images/s" in table(report, pipeline)
     with pytest.raises(ValueError, match="rounds must be a positive integer"):
         run_pipeline_benchmark(rounds=0)
+
+
+def test_a_fraction_above_the_peak_is_never_printed_without_a_warning():
+    report = {"device": "CPU", "keras": "3", "backend": "tensorflow", "tensorflow": "2",
+              "batch_size": 4, "rounds": 3, "steps_per_round": 1,
+              "matmul_peak_gflops": {"float32": 88.0},
+              "matmul_peak_gflops_per_round": {"float32": [88.0, 250.0, 60.0]},
+              "peak_disturbed": True}
+    text = training.summary(report)
+    assert "float32 88.0 GFLOP/s (60-250 over the rounds)" in text
+    assert "WARNING: a model ran above the measured matmul peak" in text
+    assert "WARNING" not in training.summary({**report, "peak_disturbed": False})

@@ -62,6 +62,17 @@ def test_corrupt_archive_says_so(tmp_path):
         data.load_cifar("cifar10", "archive", path)
 
 
+@pytest.mark.parametrize("content, what", [(b"", "an empty file"),
+                                           (b"<html>not found</html>", "22 bytes of something")])
+@pytest.mark.parametrize("given", ["file", "folder"])
+def test_an_empty_or_junk_archive_is_named_as_such(tmp_path, content, what, given):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    path.write_bytes(content)
+    with pytest.raises(data.DataUnavailableError) as error:
+        data.load_cifar("cifar10", "archive", path if given == "file" else tmp_path)
+    assert str(error.value).startswith(f"{path} is not a tar.gz archive ({what}")
+
+
 def test_archive_pickles_cannot_run_code(tmp_path):
     folder = write_cifar_archive(tmp_path, "cifar10", small_split(10, 10, 0),
                                  small_split(10, 10, 1), packed=False)

@@ -18,6 +18,9 @@ from keras_fastres.data import CLASS_NAMES
 
 VARIANTS = ("v1", "preact", "type1", "type2")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+# As from a user's shell: TensorFlow's log level unset, so the commands keep it quiet.
+USER_ENV = {k: v for k, v in os.environ.items()
+            if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_FASTRES_COMMAND")}
 
 # Runs in a fresh interpreter that sees this environment's packages except Keras and
 # keras_fastres (see `site_without_keras`): TensorFlow only, as on a serving machine.
@@ -138,6 +141,13 @@ def test_wrong_inputs_are_refused_not_converted(tmp_path):
         with pytest.raises(tf.errors.InvalidArgumentError,
                            match=r"images must have shape \[batch, 32, 32, 3\]"):
             serve(images=tf.constant(wrong))
+    floats = tf.saved_model.load(str(tmp_path / "m" / "1")).signatures["serving_float"]
+    for bad in (np.nan, np.inf):
+        pixels = images.astype(np.float32)
+        pixels[1, 3, 4, 0] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match="images must be finite pixel values"):
+            floats(images=tf.constant(pixels))
 
 
 def test_versions_follow_tf_serving_and_are_never_overwritten(tmp_path):
@@ -157,21 +167,114 @@ def test_versions_follow_tf_serving_and_are_never_overwritten(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["1", "10", "2"]
 
 
+def test_exports_at_once_claim_one_version_each(tmp_path, monkeypatch):
+    """Two exporters released together at the rename that publishes them: with "auto" the
+    later takes the next version; asking for one version, the later is refused; nothing
+    published is written into."""
+    import threading
+
+    from keras_fastres.serving import export as export_module
+    rename, barrier, waited = os.rename, threading.Barrier(2), set()
+
+    def together(source, target):
+        if threading.get_ident() not in waited:  # the first attempt of each: at once
+            waited.add(threading.get_ident())
+            barrier.wait(timeout=30)
+        return rename(source, target)
+    monkeypatch.setattr(export_module.os, "rename", together)
+
+    def write(content):
+        return lambda folder: (folder / "model.onnx").write_text(content)
+    for version in ("auto", 3):
+        root, results = tmp_path / f"serving-{version}", {}
+        waited.clear()
+        barrier.reset()
+
+        def export(name):
+            try:
+                results[name] = export_module.publish(root, version, write(name))
+            except FileExistsError as error:
+                results[name] = error
+        threads = [threading.Thread(target=export, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        published = {p.name: (p / "model.onnx").read_text() for p in root.iterdir()}
+        if version == "auto":
+            assert sorted(published) == ["1", "2"] and sorted(published.values()) == ["a", "b"]
+            assert {results[n].name for n in "ab"} == {"1", "2"}
+        else:
+            assert list(published) == ["3"]
+            refused = [n for n in "ab" if isinstance(results[n], FileExistsError)]
+            assert len(refused) == 1 and published["3"] != refused[0]
+
+
+def test_an_onnx_export_never_writes_into_a_published_version(tmp_path):
+    model = FastResNet(8)
+    export_saved_model(model, tmp_path / "serving", version=1)
+    before = sorted(p.name for p in (tmp_path / "serving" / "1").iterdir())
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        export_onnx(model, tmp_path / "serving", version=1)
+    assert sorted(p.name for p in (tmp_path / "serving" / "1").iterdir()) == before
+    assert export_onnx(model, tmp_path / "serving", version="auto") == (
+        tmp_path / "serving" / "2" / "model.onnx")
+
+
+def test_predict_says_what_a_folder_holds_instead_of_a_usable_savedmodel(tmp_path, capsys):
+    import keras
+
+    from keras_fastres.commands import predict
+    from PIL import Image
+    Image.fromarray(uint8_images(1)[0]).save(tmp_path / "cat.png")
+    model = FastResNet(8)
+    export_onnx(model, tmp_path / "onnx", version="auto")
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    empty = tmp_path / "empty" / "1"
+    empty.mkdir(parents=True)
+    (empty / "saved_model.pb").write_bytes(b"")
+    truncated = export_saved_model(model, tmp_path / "truncated")
+    for part in (truncated / "variables").glob("variables.data*"):
+        part.write_bytes(part.read_bytes()[:100])
+    keras_export = tmp_path / "keras_export"
+    model.export(str(keras_export), verbose=False)
+    for folder, message in (
+            (tmp_path / "onnx", "It holds an ONNX model, which onnxruntime serves"),
+            (run, f"It is a training run: pass {run / 'export'}"),
+            (tmp_path / "empty", f"{empty} is not a complete SavedModel"),
+            (tmp_path / "truncated", f"{truncated} is not a complete SavedModel"),
+            (keras_export, "takes images float32, not the uint8 images of a fastres-export")):
+        assert predict.main([str(folder), str(tmp_path / "cat.png")]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and error.count("\n") == 1, error
+        assert message in error, error
+    assert keras.backend.backend() == "tensorflow"
+
+
 def _half_written_save(obj, export_dir, *args, **kwargs):
     os.makedirs(os.path.join(export_dir, "variables"))
     open(os.path.join(export_dir, "saved_model.pb"), "wb").close()
     raise RuntimeError("disk full")
 
 
+def _full_disk_in_tensorflow(obj, export_dir, *args, **kwargs):
+    os.makedirs(os.path.join(export_dir, "variables"))
+    raise tf.errors.ResourceExhaustedError(None, None, "disk full\n\t[[node SaveV2]] ...")
+
+
 @pytest.mark.parametrize("target, failure", [
     ("tensorflow.saved_model.save", _half_written_save),           # while writing
-    ("keras_fastres.serving.export.os.rename", OSError("disk full")),      # written, not yet in place
+    ("tensorflow.saved_model.save", _full_disk_in_tensorflow),     # TensorFlow's own error
+    ("keras_fastres.serving.export.os.rename", OSError("disk full")),  # written, not in place
 ])
 def test_an_interrupted_export_leaves_nothing_behind(tmp_path, target, failure):
     root = tmp_path / "serving"
     with mock.patch(target, side_effect=failure):
-        with pytest.raises((RuntimeError, OSError), match="disk full"):
+        with pytest.raises((RuntimeError, OSError), match="disk full") as error:
             export_saved_model(FastResNet(8), root)
+    assert "\n" not in str(error.value)  # one line, whatever raised it
     assert list(root.iterdir()) == []
     assert export_saved_model(FastResNet(8), root) == root / "1"
 
@@ -423,11 +526,16 @@ def test_export_cli_writes_onnx_and_unfolded_saved_models(tmp_path):
     for arguments, written in ((["--format", "onnx"], "1/model.onnx"),
                                (["--no-fold"], "2/saved_model.pb")):
         exported = subprocess.run(
-            [sys.executable, "-m", "keras_fastres.commands.export", "--model", str(tmp_path / "model.keras"),
-             "--export-dir", str(tmp_path / "serving"), *arguments],
-            capture_output=True, text=True, env=ENV, timeout=300)
+            [sys.executable, "-m", "keras_fastres.commands.export",
+             "--model", str(tmp_path / "model.keras"), "--export-dir", str(tmp_path / "serving"),
+             *arguments], capture_output=True, text=True, env=USER_ENV, timeout=300)
         assert exported.returncode == 0, exported.stderr
         assert (tmp_path / "serving" / written).is_file()
+        # Quiet as a user's shell runs it: no start-up lines, no logging tracebacks from
+        # handlers left on a closed stream, no deprecation notes of tf2onnx's TensorFlow calls.
+        assert exported.stderr == ""
+        assert exported.stdout == f"Wrote {(tmp_path / 'serving' / written).parent}\n" or (
+            exported.stdout == f"Wrote {tmp_path / 'serving' / written}\n")
     assert saved_model_ops(tmp_path / "serving" / "2").count("FusedBatchNormV3") == 7
 
 

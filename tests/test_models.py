@@ -254,6 +254,17 @@ def test_any_input_size_the_stages_can_halve():
     assert grey.output_shape == (None, 10)
 
 
+def test_auto_normalization_warns_for_a_class_count_cifar_does_not_have():
+    with pytest.warns(UserWarning, match=r"num_classes=5, normalization='auto'\) standardises "
+                                         r"its input with CIFAR-10's mean and std"):
+        FastResNet(8, num_classes=5)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FastResNet(8, num_classes=100)
+        FastResNet(8, num_classes=5, normalization=((120.0, 120.0, 120.0), (60.0, 60.0, 60.0)))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"depth": 21}, r"6n \+ 2 .*20, 32, 44, 56, 110.*got 21"),
     ({"depth": 2}, r"6n \+ 2 with n >= 1"),

@@ -1,13 +1,9 @@
 """The error curves plot the history's numbers: checked on the figure's own line data."""
 
-import json
-
 import matplotlib.pyplot as plt
 import numpy as np
-import pytest
 
-from keras_fastres.callbacks import HistoryCSV
-from keras_fastres.plots import compare_runs, error_figure, plot_runs
+from keras_fastres.plots import error_figure, plot_runs
 
 
 def rows(test_errors, accuracies):
@@ -34,22 +30,6 @@ def test_the_curves_are_the_errors_in_percent_per_epoch():
     plt.close(without_train)
 
 
-def test_plot_and_compare_write_pngs_labelled_by_the_runs(tmp_path, monkeypatch):
+def test_plot_runs_writes_a_png(tmp_path):
     plot_runs([("a", rows([0.5, 0.4], [0.5, 0.6]))], tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
-    run = tmp_path / "run"
-    run.mkdir()
-    history = HistoryCSV(run / "history.csv")
-    for epoch, error in enumerate((0.9, 0.8)):
-        history.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "test_error": error})
-    (run / "metrics.json").write_text(json.dumps(
-        {"dataset": "cifar10", "depth": 20, "variant": "type1"}))
-    drawn = []
-    monkeypatch.setattr("keras_fastres.plots.error_figure",
-                        lambda runs, *args, **kwargs: drawn.append(runs) or plt.figure())
-    compare_runs([run], tmp_path / "comparison.png")
-    [[(label, history_rows)]] = drawn
-    assert label == "cifar10 ResNet-20 type1"
-    assert [float(r["test_error"]) for r in history_rows] == [0.9, 0.8]
-    with pytest.raises(ValueError, match="has no history.csv"):
-        compare_runs([tmp_path / "empty"], tmp_path / "x.png")

@@ -166,10 +166,9 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch_size, 32, 32, 3)).astype("float32")
     labels = rng.integers(0, 10, batch_size)
-    peaks = {}
     for precision in precisions:
-        progress(f"measuring the {precision} matmul peak")
-        peaks[precision] = matmul_peak(precision)
+        progress(f"warming up the {precision} matmul peak")
+        matmul_peak(precision, rounds=1)
 
     built = {}
     for index, case in enumerate(cases, 1):
@@ -177,12 +176,19 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
         built[case] = TrainSteps(case, images, labels)
         built[case].time(warmup_steps)
 
+    # The peak is measured in every round too, interleaved with the models: measured once on
+    # a machine that was busy at that moment, it made the models look faster than the peak.
     seconds = {case: [] for case in cases}
+    peak_rounds = {precision: [] for precision in precisions}
     for round_index in range(1, rounds + 1):
+        for precision in precisions:
+            progress(f"round {round_index}/{rounds}: the {precision} matmul peak")
+            peak_rounds[precision].append(matmul_peak(precision, rounds=1))
         for index, case in enumerate(cases, 1):
             progress(f"round {round_index}/{rounds}, {index}/{len(cases)}: {case.label}")
             seconds[case].append(built[case].time(steps))
 
+    peaks = {precision: statistics.median(values) for precision, values in peak_rounds.items()}
     results = []
     for case in cases:
         step = statistics.median(seconds[case])
@@ -207,7 +213,8 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
     return {"kind": "training", "device": describe_device(), "backend": keras.backend.backend(),
             "tensorflow": tf.__version__, "keras": keras.__version__, "batch_size": batch_size,
             "rounds": rounds, "steps_per_round": steps, "matmul_peak_gflops": peaks,
-            "results": results}
+            "matmul_peak_gflops_per_round": peak_rounds,
+            "peak_disturbed": any(r["peak_fraction"] > 1 for r in results), "results": results}
 
 
 # (title, result key, format) of the report's table (benchmarks.report).
@@ -223,8 +230,16 @@ COLUMNS = (
 
 
 def summary(report):
-    peaks = ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in report["matmul_peak_gflops"].items())
-    return (f"{report['device']}; Keras {report['keras']} on {report['backend']}, TensorFlow "
+    peaks = ", ".join(
+        f"{precision} {gflops:.1f} GFLOP/s ({min(spread):.0f}-{max(spread):.0f} over the rounds)"
+        for (precision, gflops), spread in zip(report["matmul_peak_gflops"].items(),
+                                               report["matmul_peak_gflops_per_round"].values()))
+    text = (f"{report['device']}; Keras {report['keras']} on {report['backend']}, TensorFlow "
             f"{report['tensorflow']}; batch {report['batch_size']}, median of "
-            f"{report['rounds']} rounds x {report['steps_per_round']} steps; matmul peak: "
-            f"{peaks}")
+            f"{report['rounds']} rounds x {report['steps_per_round']} steps; matmul peak, median "
+            f"of the rounds: {peaks}")
+    if report["peak_disturbed"]:
+        text += ("\nWARNING: a model ran above the measured matmul peak, so the peak measurement "
+                 "was disturbed (other work on the machine?): the 'of peak' column is not "
+                 "meaningful; run again on a quiet machine, with more --rounds.")
+    return text

@@ -6,8 +6,8 @@ import sys
 
 from keras_fastres.console import HelpFormatter, positive_integer, program
 from keras_fastres.machine import require_tensorflow_backend
-from keras_fastres.serving.export import (FORMATS, MODEL_FILE, ONNX_FILE, version_dir,
-                                          export_onnx, export_saved_model, load_for_export)
+from keras_fastres.serving.export import (FORMATS, MODEL_FILE, ONNX_FILE, export_onnx,
+                                          export_saved_model, load_for_export)
 
 
 def main(argv=None):
@@ -33,8 +33,8 @@ def main(argv=None):
         model = load_for_export(args.model)
         version = "auto" if args.version is None else args.version
         if args.format == "onnx":
-            target = export_onnx(model, version_dir(args.export_dir, version) / ONNX_FILE,
-                                 fold_batch_norm=not args.no_fold)
+            target = export_onnx(model, args.export_dir, fold_batch_norm=not args.no_fold,
+                                 version=version)
         else:
             target = export_saved_model(model, args.export_dir, version,
                                         fold_batch_norm=not args.no_fold)

@@ -12,30 +12,17 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from keras_fastres import data, plots
-from keras_fastres.config import TrainConfig, option_name
+from keras_fastres import data
+from keras_fastres.compare import compare_runs
+from keras_fastres.config import TrainConfig, option_name, option_word, value_of_word
 from keras_fastres.console import HelpFormatter, program
-from keras_fastres.run import RunFailed, train
-
-
-def _cli_word(field, value):
-    """How the command line writes a setting's value (the inverse of `_from_cli`)."""
-    words = field.metadata["cli_values"]
-    if words:
-        return next(word for word, meant in words.items() if meant == value)
-    return list(value) if isinstance(field.default, tuple) else value
-
-
-def _from_cli(field, value):
-    words = field.metadata["cli_values"]
-    if words:
-        return words[value]
-    return tuple(value) if isinstance(field.default, tuple) else value
+from keras_fastres.lock import Busy
+from keras_fastres.run import RunFailed, RunRefused, Terminated, train
 
 
 def _add_option(parser, field, default):
     meta = field.metadata
-    kwargs = {"default": _cli_word(field, default), "help": meta["help"].replace("%", "%%")}
+    kwargs = {"default": option_word(field, default), "help": meta["help"].replace("%", "%%")}
     if isinstance(field.default, bool):
         kwargs["action"] = "store_true"
     else:
@@ -73,7 +60,10 @@ def build_parser(defaults, choose_dataset=False):
     for field in options(defaults, choose_dataset):
         _add_option(parser, field, getattr(defaults, field.name))
     parser.add_argument("--compare", nargs="+", metavar="RUN_DIR",
-                        help="plot the test error of finished runs on one figure and exit")
+                        help="print a table of finished runs (test error mean +- std and "
+                             "seconds per epoch per configuration, ratio to preact) and plot "
+                             "their test error into comparison.png beside the first run (or in "
+                             "--output-dir); then exit")
     return parser
 
 
@@ -84,8 +74,19 @@ def parse_args(defaults, argv=None, choose_dataset=False):
     if args.compare:
         return args
     return dataclasses.replace(defaults, **{
-        field.name: _from_cli(field, getattr(args, field.name))
+        field.name: value_of_word(field, getattr(args, field.name))
         for field in options(defaults, choose_dataset)})
+
+
+def tensorflow_reason(message):
+    """The line of a TensorFlow error message that says what went wrong. A graph error begins
+    "Graph execution error:", then where it was detected and a stack, then the reason, then
+    the node's name in [[...]]; other errors say it first."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if lines and lines[0] == "Graph execution error:":
+        lines = [line for line in lines[1:]
+                 if not line.startswith(("Detected at", "File ", "<", "[["))]
+    return lines[0].split(" [[")[0] if lines else "no detail"
 
 
 def command(argv=None):
@@ -99,16 +100,18 @@ def main(defaults, argv=None, choose_dataset=False):
     parsed = parse_args(defaults, argv, choose_dataset)
     try:
         if isinstance(parsed, argparse.Namespace):
-            figure = Path(parsed.output_dir or ".") / "comparison.png"
-            plots.compare_runs(parsed.compare, figure)
-            print(f"Wrote {figure}")
+            folder = Path(parsed.output_dir) if parsed.output_dir else Path(
+                parsed.compare[0]).resolve().parent
+            print(compare_runs(parsed.compare, folder / "comparison.png"))
+            print(f"Wrote {folder / 'comparison.png'}")
             return 0
         metrics = train(parsed)
-    except (ValueError, data.DataUnavailableError, RunFailed, OSError) as error:
+    except (ValueError, data.DataUnavailableError, RunFailed, RunRefused, Busy,
+            OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1
     except tf.errors.OpError as error:
-        message = f"error: TensorFlow: {error.message.splitlines()[0]}"
+        message = f"error: TensorFlow: {tensorflow_reason(error.message)}"
         if parsed.strategy == "multi-worker":
             # A lost worker aborts every other worker's collectives.
             message += (f"\nIf a worker was lost, start every worker again with the same "
@@ -116,10 +119,11 @@ def main(defaults, argv=None, choose_dataset=False):
                         f"{parsed.run_dir() / 'backup'}).")
         print(message, file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"\nInterrupted. Run the same command again to continue from the last finished "
-              f"epoch (saved in {parsed.run_dir() / 'backup'}).", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        print(f"\n{'Terminated (SIGTERM)' if isinstance(stop, Terminated) else 'Interrupted'}. "
+              f"Run the same command again to continue from the last finished epoch (saved in "
+              f"{parsed.run_dir() / 'backup'}).", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
     print(f"test error {100 * metrics['test_error']:.2f}%, "
           f"{metrics['mean_epoch_seconds']:.2f} s/epoch "
           f"({metrics['images_per_second']:.0f} images/s) on {metrics['device']}; "

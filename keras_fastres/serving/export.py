@@ -16,6 +16,7 @@ The command line is fastres-export (commands/export.py).
 
 import os
 import shutil
+import threading
 import zipfile
 from pathlib import Path
 
@@ -71,9 +72,13 @@ def _serving_function(model, fold_batch_norm, empty_batches=True):
             shape, tf.constant([height, width, 3, -1]),
             message=f"images must have shape {expected}; resize them to {height}x{width} RGB "
                     f"before calling this model")
-        # Everything below waits for the check: a graph runs independent ops in any order,
+        checks = [check]
+        if images.dtype.is_floating:  # NaN pixels would still get a confident class
+            checks.append(tf.debugging.assert_all_finite(
+                images, "images must be finite pixel values in [0, 255]; got NaN or infinity"))
+        # Everything below waits for the checks: a graph runs independent ops in any order,
         # and a wrong rank would otherwise fail first, and obscurely, in the padding.
-        with tf.control_dependencies([check]):
+        with tf.control_dependencies(checks):
             images = tf.identity(images)
         count = tf.shape(images)[0]
         if empty_batches:  # one blank image appended to an empty batch; nothing to others
@@ -90,25 +95,55 @@ def _next_version(root):
     return max(versions, default=0) + 1
 
 
-def version_dir(export_dir, version):
-    """`export_dir/<version>` (TF Serving's and Triton's layout), or `export_dir` itself for
-    version None."""
+def _check_version(version):
+    if not (version in ("auto", None) or (isinstance(version, int)
+                                           and not isinstance(version, bool) and version >= 1)):
+        raise ValueError(f"version must be 'auto', a positive integer or None; got {version!r}.")
+
+
+def _exists_error(target):
+    return FileExistsError(f"{target} already exists; a new version never overwrites an old "
+                           f"one. Choose another version or export directory.")
+
+
+def publish(export_dir, version, write):
+    """Writes one model with `write(folder)` into a hidden temporary folder, then claims its
+    place in one atomic rename: `export_dir/<version>` (TF Serving's and Triton's layout), the
+    next free version for "auto", or `export_dir` itself for None. A rename onto a folder that
+    is not empty fails, so two exports never claim one version: with "auto" the later one takes
+    the next version, otherwise it raises FileExistsError. A published version is never
+    written into, and an error or a kill leaves nothing where a server looks (the next export
+    removes what a killed one left). Returns the published folder."""
+    _check_version(version)
     root = Path(export_dir)
-    if version is None:
-        return root
-    if version == "auto":
-        return root / str(_next_version(root))
-    if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
-        return root / str(version)
-    raise ValueError(f"version must be 'auto', a positive integer or None; got {version!r}.")
-
-
-def _new_target(target):
-    remove_leftovers(target.parent)
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; a new version never overwrites an old "
-                              f"one. Choose another version or export directory.")
-    return target
+    place = root.parent if version is None else root
+    fixed = root if version is None else None if version == "auto" else root / str(version)
+    if fixed is not None and fixed.exists():
+        raise _exists_error(fixed)  # before any work
+    place.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(place)
+    # Named after the thread too: two exports from one process must not share it.
+    temporary = temporary_sibling(place / f"export-{threading.get_ident()}")
+    temporary.mkdir()
+    try:
+        try:
+            write(temporary)
+        except tf.errors.OpError as error:  # a full disk under TensorFlow's writer
+            raise OSError(f"Could not write the export into {place}: "
+                          f"{error.message.splitlines()[0]}") from None
+        while True:
+            target = fixed or root / str(_next_version(root))
+            try:
+                os.rename(temporary, target)
+                return target
+            except OSError:
+                if not target.exists():
+                    raise  # not a race for the version: a permission, a full disk...
+                if fixed is not None:
+                    raise _exists_error(target) from None
+                # Another export took this version meanwhile: take the next one.
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
@@ -130,13 +165,13 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
         The directory holding `saved_model.pb`.
 
     Nothing is ever overwritten: an existing target raises `FileExistsError`. The SavedModel is
-    written into a hidden temporary sibling and renamed into place only when complete, so an
-    error or a crash leaves no half-written model where a server looks.
+    written into a hidden temporary folder and renamed into place only when complete, so an
+    error or a crash leaves no half-written model where a server looks, and two exports at once
+    take two versions (`publish`).
     """
     require_tensorflow_backend("SavedModel export")
     height, width = _input_size(model)
-    target = _new_target(version_dir(export_dir, version))
-
+    _check_version(version)
     serve, served = _serving_function(model, fold_batch_norm)
 
     archive = keras.export.ExportArchive()
@@ -145,18 +180,14 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
         archive.add_endpoint(name, tf.function(serve), input_signature=[
             tf.TensorSpec([None, height, width, 3], dtype, name="images")])
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_sibling(target)
-    try:
-        archive.write_out(str(temporary), verbose=False)
-        os.rename(temporary, target)  # atomic on one file system; fails if target appeared
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return target
+    def write(folder):
+        shutil.rmtree(folder)  # the archive writes the folder itself
+        archive.write_out(str(folder), verbose=False)
+    return publish(export_dir, version, write)
 
 
-def export_onnx(model: keras.Model, path: str | os.PathLike,
-                fold_batch_norm: bool = True) -> Path:
+def export_onnx(model: keras.Model, path: str | os.PathLike, fold_batch_norm: bool = True,
+                version: int | str | None = None) -> Path:
     """Writes `model` as an ONNX model for onnxruntime (or any ONNX runtime), without Keras.
 
     Input `images`: uint8 `[N, H, W, 3]`, raw pixels; outputs `probabilities` float32
@@ -166,12 +197,14 @@ def export_onnx(model: keras.Model, path: str | os.PathLike,
 
     Args:
         model: as for `export_saved_model`.
-        path: the .onnx file to write; never overwritten (FileExistsError). It is written to a
-            hidden temporary sibling and renamed into place when complete.
+        path: with version None (default), the .onnx file to write; with a version, the base
+            directory, and the model goes to `path/<version>/model.onnx` (Triton's layout).
         fold_batch_norm: fold every BN that directly follows a convolution into it (default).
+        version: None, "auto" or an integer, as for `export_saved_model`.
 
     Returns:
-        The path written.
+        The .onnx file written. Never overwritten (FileExistsError); it appears only when
+        complete.
     """
     require_tensorflow_backend("ONNX export")
     try:
@@ -181,7 +214,10 @@ def export_onnx(model: keras.Model, path: str | os.PathLike,
     except ImportError:
         raise ImportError('ONNX export needs tf2onnx: pip install "keras-fastres[onnx]".') from None
     height, width = _input_size(model)
-    target = _new_target(Path(path))
+    _check_version(version)
+    target = Path(path)
+    if version is None and target.exists():
+        raise _exists_error(target)
     serve, _ = _serving_function(model, fold_batch_norm, empty_batches=False)
     function = tf.function(serve).get_concrete_function(
         tf.TensorSpec([None, height, width, 3], tf.uint8, name="images"))
@@ -189,17 +225,31 @@ def export_onnx(model: keras.Model, path: str | os.PathLike,
     # captures, tf2onnx made them extra graph inputs that onnxruntime then demands.
     frozen = convert_variables_to_constants_v2(function)
     outputs = dict(zip(sorted(function.structured_outputs), (t.name for t in frozen.outputs)))
-    proto, _ = tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
-        output_names=[outputs["probabilities"], outputs["classes"]], opset=ONNX_OPSET)
+    # tf2onnx calls TensorFlow 1 graph functions, which log deprecation notes a user of this
+    # export cannot act on; errors still show.
+    tf_logger = tf.get_logger()
+    level = tf_logger.level
+    tf_logger.setLevel("ERROR")
+    try:
+        proto, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
+            output_names=[outputs["probabilities"], outputs["classes"]], opset=ONNX_OPSET)
+    finally:
+        tf_logger.setLevel(level)
     _rename_values(proto.graph, {frozen.inputs[0].name: "images",
                                  **{tensor: name for name, tensor in outputs.items()}})
-
+    content = proto.SerializeToString()
+    if version is not None:
+        return publish(target, version,
+                       lambda folder: (folder / ONNX_FILE).write_bytes(content)) / ONNX_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(target.parent)
     temporary = temporary_sibling(target)
     try:
-        temporary.write_bytes(proto.SerializeToString())
-        os.rename(temporary, target)
+        temporary.write_bytes(content)
+        os.link(temporary, target)  # atomic, and fails if the target appeared meanwhile
+    except FileExistsError:
+        raise _exists_error(target) from None
     finally:
         temporary.unlink(missing_ok=True)
     return target

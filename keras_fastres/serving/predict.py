@@ -15,15 +15,44 @@ from keras_fastres.data import CLASS_NAMES
 
 
 def find_saved_model(export_dir):
-    """`export_dir` itself if it holds a SavedModel, else its highest numbered version."""
+    """`export_dir` itself if it holds a SavedModel, else its highest numbered version; a
+    FileNotFoundError that says what the folder holds instead (an ONNX export, a run)."""
     root = Path(export_dir)
     if (root / "saved_model.pb").is_file():
         return root
     versions = sorted((int(p.name) for p in root.glob("*") if p.name.isdigit()
                        and (p / "saved_model.pb").is_file()), reverse=True)
-    if not versions:
-        raise FileNotFoundError(f"No SavedModel in {root} nor in a numbered version below it.")
-    return root / str(versions[0])
+    if versions:
+        return root / str(versions[0])
+    if list(root.glob("model.onnx")) or list(root.glob("[0-9]*/model.onnx")):
+        hint = (" It holds an ONNX model, which onnxruntime serves; this command reads "
+                "SavedModels: export one with fastres-export --format saved_model.")
+    elif (root / "model.keras").is_file():
+        hint = (f" It is a training run: pass {root / 'export'} if the run was exported "
+                f"(--export), or export it first with fastres-export --model {root}.")
+    else:
+        hint = ""
+    raise FileNotFoundError(f"No SavedModel in {root} nor in a numbered version below it."
+                            + hint)
+
+
+def load_serving_function(path):
+    """The `serving_default` signature of the SavedModel at `path`, checked to be one that
+    fastres-export wrote (uint8 `images` in), or a ValueError naming the folder."""
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as error:  # damaged files fail in many ways (IndexError, DecodeError...)
+        reason = getattr(error, "message", None) or str(error)
+        raise ValueError(f"{path} is not a complete SavedModel (truncated or damaged files?): "
+                         f"{reason.strip().splitlines()[0][:200]}") from None
+    serve = getattr(loaded, "signatures", {}).get("serving_default")
+    inputs = serve.structured_input_signature[1] if serve is not None else {}
+    if getattr(inputs.get("images"), "dtype", None) != tf.uint8:
+        takes = ", ".join(f"{name} {spec.dtype.name}" for name, spec in inputs.items())
+        raise ValueError(f"{path} is a SavedModel whose serving_default takes "
+                         f"{takes or 'nothing'}, not the uint8 images of a fastres-export "
+                         f"export; export the model with fastres-export.")
+    return serve
 
 
 def load_image(path, height, width):
@@ -31,9 +60,9 @@ def load_image(path, height, width):
     try:
         image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3,
                                    expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-        raise ValueError(f"Cannot read {path} as a PNG, JPEG, GIF or BMP image: "
-                         f"{error.message.splitlines()[0]}") from None
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+        raise ValueError(f"Cannot read {path}: it is not a PNG, JPEG, GIF or BMP image, or it "
+                         f"is damaged.") from None
     if tuple(image.shape[:2]) != (height, width):
         image = tf.image.resize(image, (height, width), antialias=True)
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
@@ -53,7 +82,7 @@ def predict(export_dir, image_paths, top=3):
     """[(path, [(class name, probability), ...top]), ...] for each image file."""
     check_positive_integers(top=top)
     check_image_files(image_paths)
-    serve = tf.saved_model.load(str(find_saved_model(export_dir))).signatures["serving_default"]
+    serve = load_serving_function(find_saved_model(export_dir))
     height, width = serve.structured_input_signature[1]["images"].shape[1:3]
     images = tf.stack([load_image(path, height, width) for path in image_paths])
     probabilities = serve(images=images)["probabilities"].numpy()

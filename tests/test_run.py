@@ -1,0 +1,276 @@
+"""What a crash, a full disk, a race and a careless user do to a run: each case answers in one
+line and loses nothing (run.py, lock.py, the training command)."""
+
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import wait_for_backup, write_cifar_archive
+from keras_fastres import FastResNet, data, distribute
+from keras_fastres.callbacks import HistoryCSV, read_history
+from keras_fastres.commands.train import main, tensorflow_reason
+from keras_fastres.config import TrainConfig
+from keras_fastres.lock import Busy, folder_lock
+from keras_fastres.run import write_outputs
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = str(ROOT / "recipes" / "cifar10.py")
+# As from a user's shell: TensorFlow's log level unset, so the recipes keep it quiet.
+ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+SMALL = ["--synthetic", "--synthetic-size", "64", "16", "--depth", "8", "--batch-size", "32",
+         "--seed", "0"]
+
+
+def one_line_error(capsys):
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    return error
+
+
+@pytest.mark.parametrize("leftover", ["an empty backup folder", "a backup generation"])
+def test_a_finished_run_stays_finished_whatever_backup_is_left(tmp_path, leftover, capsys):
+    """Finished is marked by metrics.json, written last: a run killed while removing its
+    backup, or one where someone created backup/, is not trained again."""
+    run = tmp_path / "run"
+    (run / "backup").mkdir(parents=True)
+    if leftover == "a backup generation":
+        (run / "backup" / "epoch-0002").mkdir()
+        (run / "backup" / "epoch-0002" / "state.json").write_text("{}")
+    (run / "metrics.json").write_text('{"test_error": 0.1}')
+    (run / "model.keras").write_bytes(b"the finished model")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(TrainConfig(), [*SMALL, "--output-dir", str(run)]) == 1
+    assert "already holds a finished run" in one_line_error(capsys)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert (run / "model.keras").read_bytes() == b"the finished model"
+
+
+def test_outputs_written_again_after_a_kill_reuse_the_runs_export(tmp_path):
+    """A run killed after its export appeared, before metrics.json, writes its outputs again
+    when rerun: the export it made (from the same final weights) is kept, not made twice."""
+    config = TrainConfig(depth=8, export=True, output_dir=str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    history = [{"epoch": "1", "test_error": "0.5", "accuracy": "0.5"}]
+    write_outputs(FastResNet(8), config, {}, history)
+    (tmp_path / "run" / "metrics.json").unlink()  # killed before this was written
+    metrics = {}
+    write_outputs(FastResNet(8), config, metrics, history)
+    assert metrics["export_dir"] == str(tmp_path / "run" / "export" / "1")
+    assert sorted(p.name for p in (tmp_path / "run" / "export").iterdir()) == ["1"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["export_dir"].endswith(
+        "export/1")
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_empty_model(tmp_path, monkeypatch, capsys):
+    import keras
+
+    def no_space(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"")  # what a full disk leaves
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(keras.Model, "save", no_space)
+    run = tmp_path / "run"
+    assert main(TrainConfig(), [*SMALL, "--epochs", "1", "--output-dir", str(run)]) == 1
+    error = one_line_error(capsys)
+    assert f"Could not write {run / 'model.keras'}: No space left on device." in error
+    assert "run the same command again" in error
+    assert not (run / "model.keras").exists() and not (run / "metrics.json").exists()
+    assert list((run / "backup").glob("epoch-0001")), "the finished epoch is kept"
+
+
+def test_a_backup_without_room_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    from keras_fastres import backup
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(backup.shutil, "disk_usage",
+                        lambda path: usage._replace(free=100_000))  # 0.1 MB free
+    run = tmp_path / "run"
+    assert main(TrainConfig(), [*SMALL, "--epochs", "1", "--output-dir", str(run)]) == 1
+    error = one_line_error(capsys)
+    assert f"No room for the backup of epoch 1 in {run / 'backup'}: it needs about" in error
+    assert not list((run / "backup").glob("*epoch-0001*"))
+
+
+def test_weights_that_overflow_stop_the_run_before_anything_is_sealed(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(TrainConfig(), [*SMALL, "--epochs", "3", "--learning-rate", "1e6",
+                                "--output-dir", str(run)]) == 1
+    error = one_line_error(capsys)
+    match = re.search(r"Training stopped in epoch (\d) of 3: (the loss|a weight) became NaN or "
+                      r"infinite", error)
+    assert match, error
+    assert not (run / "model.keras").exists() and not (run / "metrics.json").exists()
+    backed_up = [int(p.name[len("epoch-"):]) for p in (run / "backup").glob("epoch-*")]
+    assert all(epoch < int(match.group(1)) for epoch in backed_up)  # not the bad epoch
+
+
+def test_history_rows_lost_during_a_run_are_written_again_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "history.csv"
+    history = HistoryCSV(path)
+    for epoch in range(3):
+        history.on_epoch_end(epoch, {"loss": 1.0, "test_error": 0.5})
+    path.unlink()  # deleted by someone while the run goes on
+    history.on_epoch_end(3, {"loss": 0.5, "test_error": 0.25})
+    assert [int(r["epoch"]) for r in read_history(path)] == [1, 2, 3, 4]
+    assert f"warning: {path} lost the rows of epochs 1-3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("link", ["backup", "run"])
+def test_links_that_would_misplace_a_run_are_refused(tmp_path, link, capsys):
+    run = tmp_path / "run"
+    if link == "backup":
+        run.mkdir()
+        (tmp_path / "elsewhere").mkdir()
+        (run / "backup").symlink_to(tmp_path / "elsewhere")
+        message = f"{run / 'backup'} is a symbolic link"
+    else:
+        run.symlink_to(tmp_path / "missing")
+        message = f"The output directory {run} is a symbolic link to nothing"
+    assert main(TrainConfig(), [*SMALL, "--output-dir", str(run)]) == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "missing").exists()
+    run.unlink() if link == "run" else None
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert main(TrainConfig(), [*SMALL, "--output-dir", str(tmp_path / "loop")]) == 2
+    assert "is a symbolic link to nothing" in one_line_error(capsys)
+
+
+def _hold(folder, barrier, log, hold_seconds):
+    barrier.wait()
+    try:
+        with folder_lock(folder, "busy {pid}"):
+            log.put(("in", os.getpid(), time.monotonic()))
+            time.sleep(hold_seconds)
+            log.put(("out", os.getpid(), time.monotonic()))
+    except Busy:
+        log.put(("refused", os.getpid(), time.monotonic()))
+
+
+def test_the_lock_admits_one_process_however_they_race(tmp_path):
+    """Processes released together by a barrier, on a new folder each round (which the holder
+    removes when it ends): never two holders at once, and refused ones touch nothing."""
+    context = multiprocessing.get_context("fork")
+    for round_index in range(12):
+        folder, log = tmp_path / f"run{round_index}", context.Queue()
+        barrier = context.Barrier(6)
+        workers = [context.Process(target=_hold, args=(folder, barrier, log, 0.05 * (i % 2)))
+                   for i in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        events = sorted((log.get() for _ in range(sum(1 for _ in workers) + 6)
+                         if not log.empty()), key=lambda e: e[2])
+        holders = 0
+        for kind, _, _ in events:
+            holders += {"in": 1, "out": -1, "refused": 0}[kind]
+            assert holders <= 1, events
+        assert any(kind == "in" for kind, _, _ in events)
+        assert not folder.exists()  # the last holder removed the folder it created
+
+
+def test_sigterm_stops_after_the_current_step_and_the_run_continues(tmp_path):
+    run = tmp_path / "run"
+    args = [RECIPE, *SMALL[:2], "256", "16", *SMALL[4:], "--epochs", "3", "--output-dir",
+            str(run)]
+    first = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=ENV)
+    wait_for_backup(run, first)
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 143, stderr
+    assert stderr.strip().startswith("Terminated (SIGTERM). Run the same command again")
+    assert list((run / "backup").glob("epoch-*")) and not (run / "metrics.json").exists()
+    second = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "Resuming" in second.stdout
+    assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [1, 2, 3]
+
+
+def test_a_worker_whose_cluster_never_assembles_stops_after_the_timeout(tmp_path):
+    config = json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+                         "task": {"type": "worker", "index": 0}})
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, RECIPE, *SMALL, "--strategy", "multi-worker",
+                             "--cluster-timeout", "3", "--output-dir", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120,
+                            env={**ENV, "TF_CONFIG": config})
+    assert time.monotonic() - start < 60
+    assert result.returncode == -signal.SIGKILL
+    assert result.stderr.strip() == (
+        "error: The cluster did not assemble within 3 s: not every worker of TF_CONFIG "
+        "(localhost:1, localhost:2) started. Start the same command on each of them (or raise "
+        "--cluster-timeout).")
+
+
+@pytest.mark.parametrize("value, message", [
+    ('{"cluster": "x"}', 'TF_CONFIG needs "cluster"'),
+    ("{not json", "TF_CONFIG is not JSON"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+     'TF_CONFIG needs "task": a type among [\'worker\']'),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}',
+     'TF_CONFIG needs "task"'),
+])
+def test_a_bad_tf_config_is_named(value, message):
+    with pytest.raises(ValueError, match="TF_CONFIG") as error:
+        distribute.check_tf_config(value)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_last_batch_smaller_than_the_replicas_is_refused_before_training(tmp_path):
+    result = subprocess.run(
+        [sys.executable, RECIPE, "--synthetic", "--synthetic-size", "65", "16", "--depth", "8",
+         "--batch-size", "32", "--strategy", "mirrored", "--cpu-replicas", "2",
+         "--output-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: The last training batch holds 1 of the 65 images, fewer than the 2 replicas, "
+        "and each replica needs one; choose a --batch-size that leaves no remainder, or a "
+        "remainder of at least 2.\n")
+
+
+@pytest.mark.parametrize("labels", [[12], [-1]])
+def test_labels_outside_the_classes_are_named_before_training(tmp_path, labels):
+    images = np.zeros((20, 32, 32, 3), np.uint8)
+    train_labels = np.array([0] * 19 + labels)
+    archive = write_cifar_archive(tmp_path, "cifar10", (images, train_labels),
+                                  (images[:4], np.zeros(4, int)))
+    with pytest.raises(data.DataUnavailableError,
+                       match=rf"train split of cifar10 .* labels outside 0..9 \(e.g. {labels[0]}\)"):
+        data.load_cifar("cifar10", "archive", str(archive))
+
+
+def test_tensorflow_errors_are_reduced_to_their_reason():
+    graph_error = ("Graph execution error:\n\nDetected at node Pad defined at (most recent call "
+                   "last):\n<stack traces unavailable>\nThe first dimension of paddings must be "
+                   "the rank of inputs[4,2] [32,32,3]\n\t [[{{node Pad}}]] [Op:__inference_f_7]")
+    assert tensorflow_reason(graph_error) == (
+        "The first dimension of paddings must be the rank of inputs[4,2] [32,32,3]")
+    assert tensorflow_reason("collective aborted\nstack ...") == "collective aborted"
+    assert tensorflow_reason("Graph execution error:\n") == "no detail"
+
+
+def test_a_missing_backend_library_is_one_line(monkeypatch):
+    import importlib.util
+
+    from keras_fastres import console
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "jax" else find_spec(name, *a))
+    with pytest.raises(SystemExit) as stop:
+        console.require_backend_installed()
+    assert str(stop.value) == (
+        "error: KERAS_BACKEND=jax selects Keras's jax backend, and jax is not installed (pip "
+        "install 'keras-fastres[jax]'). Install it, or unset KERAS_BACKEND to run on "
+        "TensorFlow.")
