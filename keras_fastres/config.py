@@ -26,7 +26,7 @@ PAPER_BATCH_SIZE = 128  # the reference for --lr-scaling linear
 
 def setting(default, help, *, experiment=False, choices=None, cli_values=None, option=True,
             only_fastres_train=False, positive=False, type=None, nargs=None, metavar=None,
-            shorthand=None):
+            shorthand=None, auto=False):
     """A TrainConfig field and what the command line and the checks need to know of it.
 
     experiment: a run is only ever continued with the same value (see run.py).
@@ -38,11 +38,13 @@ def setting(default, help, *, experiment=False, choices=None, cli_values=None, o
     positive: an integer >= 1 (each item's, for a tuple field).
     type, nargs, metavar: as argparse's (type: from the default when not given).
     shorthand: (flag, value, help): a flag that sets this field to value.
+    auto: the command line also takes the word "auto", for None (chosen by the machine).
     """
     return dataclasses.field(default=default, metadata={
         "help": help, "experiment": experiment, "choices": choices, "cli_values": cli_values,
         "option": option, "only_fastres_train": only_fastres_train, "positive": positive,
-        "type": type, "nargs": nargs, "metavar": metavar, "shorthand": shorthand})
+        "type": type, "nargs": nargs, "metavar": metavar, "shorthand": shorthand,
+        "auto": auto})
 
 
 @dataclass
@@ -84,6 +86,13 @@ class TrainConfig:
     jit_compile: bool | None = setting(
         None, "XLA; auto: on with GPUs, off on CPUs",
         cli_values={"auto": None, "on": True, "off": False})
+    steps_per_execution: int | None = setting(
+        None, "training steps per compiled call; auto: 1 on CPUs, 16 with GPUs", positive=True,
+        type=int, auto=True)
+    data_placement: str = setting(
+        "auto", "host: batches from tf.data; device: the training split copied to the "
+        "accelerator once and cropped and flipped there (the same images); auto: device with "
+        "an accelerator when the split fits, host otherwise", choices=("auto", "host", "device"))
     strategy: str = setting(
         "auto", "auto: all local GPUs when there are several; multi-worker: configured by "
         "TF_CONFIG", choices=distribute.STRATEGIES)
@@ -142,6 +151,8 @@ def option_word(field, value):
     words = field.metadata["cli_values"]
     if words:
         return next(word for word, meant in words.items() if meant == value)
+    if field.metadata["auto"] and value is None:
+        return "auto"
     return list(value) if isinstance(field.default, tuple) else value
 
 
@@ -185,6 +196,10 @@ def check_config(config):
         raise ValueError(f"data_dir {config.data_dir} does not exist.")
     if config.cpu_replicas and config.strategy != "mirrored":
         raise ValueError("cpu_replicas is for strategy 'mirrored' only.")
+    if config.data_placement == "device" and config.extra_augmentation:
+        raise ValueError("data_placement 'device' crops and flips on the accelerator; the extra "
+                         "augmentations run in tf.data on the host: use data_placement 'host' "
+                         "(or 'auto') with them.")
 
 
 def scaled_learning_rate(config):

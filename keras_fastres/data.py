@@ -335,16 +335,27 @@ def pack_pixels(images):
 
 
 def unpack_pixels(pixels):
-    """`pack_pixels` undone on a tensor: uint32 `(..., H, W)` to uint8 `(..., H, W, 3)`."""
-    return tf.bitcast(pixels, tf.uint8)[..., :3]
+    """`pack_pixels` undone on a tensor: uint32 `(..., H, W)` to uint8 `(..., H, W, 3)` by a
+    bitcast; int32 (`TrainingData.device_arrays`) by shifts, which XLA compiles (it cannot
+    bitcast to a smaller type). Both read the little-endian bytes pack_pixels wrote."""
+    if pixels.dtype == tf.uint32:
+        return tf.bitcast(pixels, tf.uint8)[..., :3]
+    channels = [tf.bitwise.bitwise_and(tf.bitwise.right_shift(pixels, shift), 255)
+                for shift in (0, 8, 16)]
+    return tf.cast(tf.stack(channels, axis=-1), tf.uint8)
 
 
 def augmentation_draws(key, count):
     """Crop offsets `(count, 2)` in [0, 8] and flips `(count,)` (true for about half) for one
     batch, a pure function of the stateless `key` (two integers)."""
-    offsets = tf.random.stateless_uniform([count, 2], key, 0, 2 * PAD + 1, tf.int32)
+    # The device placement, compiled by XLA or not, must draw exactly what the tf.data
+    # pipeline draws: Philox named (auto_select picks another generator under XLA), and
+    # integers only (XLA turns random bits into floats differently).
+    offsets = tf.random.stateless_uniform([count, 2], key, 0, 2 * PAD + 1, tf.int32,
+                                          alg="philox")
     flips = tf.random.stateless_uniform(
-        [count], tf.random.experimental.stateless_fold_in(key, 1)) < 0.5
+        [count], tf.random.experimental.stateless_fold_in(key, 1, alg="philox"), 0, 2,
+        tf.int32, alg="philox") == 1
     return offsets, flips
 
 
@@ -383,30 +394,55 @@ class TrainingData:
         # Traced once, not once per epoch: the epoch comes in as the order and key tensors.
         self._share = tf.function(self._share_of_batch)
 
-    def epoch(self, epoch, first_share=0, shares=1, total_shares=1):
+    def epoch_order(self, epoch):
+        """The epoch's key (seed, epoch) and its permutation of the training images."""
         key = tf.constant([self.seed, epoch], tf.int64)
-        order = tf.random.experimental.stateless_shuffle(tf.range(len(self.labels)), seed=key)
+        return tf.random.experimental.stateless_shuffle(tf.range(len(self.labels)), seed=key), key
+
+    def epoch(self, epoch, first_share=0, shares=1, total_shares=1):
+        order, key = self.epoch_order(epoch)
         shares_here = tf.constant([first_share, shares, total_shares])
         dataset = tf.data.Dataset.range(self.steps_per_epoch * shares).map(
             lambda index: self._share(index, order, key, shares_here),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return self._extra(dataset, epoch).prefetch(tf.data.AUTOTUNE)
 
-    def _share_of_batch(self, index, order, key, shares_here):
+    def device_arrays(self):
+        """The packed pixels (as int32, which every device gathers and XLA unpacks) and the
+        labels, to be copied to an accelerator once; `share(...)` computes batches there."""
+        return tf.bitcast(self.pixels, tf.int32), self.labels
+
+    def share(self, batch, order, key, part, total_shares, pixels, labels, size):
+        """Share `part` of `total_shares` of global batch `batch`, which holds `size` images
+        (a Python int: XLA needs static shapes), cropped and flipped with the batch's draws,
+        from `pixels` and `labels` (`device_arrays`) wherever they are: the same images the
+        tf.data pipeline delivers for it."""
+        return self._share_of_batch(tf.cast(batch, tf.int64), order, key,
+                                    tf.stack([tf.cast(part, tf.int32), 1, total_shares]),
+                                    pixels, labels, size)
+
+    def _share_of_batch(self, index, order, key, shares_here, pixels=None, labels=None,
+                        size=None):
         """Element `index` of an epoch: share `first_share + index % shares` of global batch
-        `index // shares`, cropped and flipped with the batch's draws."""
+        `index // shares`, cropped and flipped with the batch's draws. `size`, if known, is
+        the batch's image count."""
+        pixels = self.pixels if pixels is None else pixels
+        labels = self.labels if labels is None else labels
         first_share, shares, total_shares = tf.unstack(shares_here)
         index = tf.cast(index, tf.int32)
         batch, part = index // shares, first_share + index % shares
-        members = order[batch * self.batch_size:(batch + 1) * self.batch_size]
-        count = tf.shape(members)[0]
+        if size is None:
+            members = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+        else:
+            members = tf.slice(order, [batch * self.batch_size], [size])
+        count = tf.shape(members)[0] if size is None else size
         start, stop = count * part // total_shares, count * (part + 1) // total_shares
-        offsets, flips = augmentation_draws(tf.random.experimental.stateless_fold_in(key, batch),
-                                            count)
+        offsets, flips = augmentation_draws(
+            tf.random.experimental.stateless_fold_in(key, batch, alg="philox"), count)
         members = members[start:stop]
-        pixels = crop_and_flip(tf.gather(self.pixels, members), offsets[start:stop],
-                               flips[start:stop])
-        return unpack_pixels(pixels), tf.gather(self.labels, members)
+        cropped = crop_and_flip(tf.gather(pixels, members), offsets[start:stop],
+                                flips[start:stop])
+        return unpack_pixels(cropped), tf.gather(labels, members)
 
     def _extra(self, dataset, epoch):
         """RandAugment, MixUp and CutMix as asked, in order (their layers draw from a stateful

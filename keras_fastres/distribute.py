@@ -162,6 +162,7 @@ class Trainer:
             model.optimizer.build(model.trainable_variables)
         self._train_step = tf.function(self._replica_train_step, jit_compile=jit_compile)
         self._test_step = tf.function(self._replica_test_step, jit_compile=jit_compile)
+        self._device_steps = tf.function(self._device_steps_fn, jit_compile=jit_compile)
 
     def _replica_train_step(self, images, labels):
         model = self.model
@@ -185,9 +186,25 @@ class Trainer:
         self.accuracy.update_state(labels, predictions)
 
     @tf.function
-    def train_step(self, batch):
-        """One step on a batch from a distributed dataset (metrics accumulate)."""
-        self.strategy.run(self._train_step, args=batch)
+    def train_steps(self, iterator, steps):
+        """`steps` training steps in one call, on batches from a distributed iterator."""
+        for _ in tf.range(steps):
+            self.strategy.run(self._train_step, args=next(iterator))
+
+    def _device_steps_fn(self, first, steps, order, key, arrays, train_data, size):
+        """`steps` training steps in one call from global batch `first` on, each replica
+        computing its share of every batch on its own device from `arrays` (the training
+        split, copied there once): no input pipeline at all, and with XLA one compiled
+        program (crop, flip, forward, backward, update, several times)."""
+        def step(batch, order, key, pixels, labels):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            # The plain step, not its tf.function: a tf.function nested in strategy.run
+            # cannot hold the replicas' synchronisation points (synchronised BN, gradients).
+            self._replica_train_step(*train_data.share(
+                batch, order, key, replica, self.strategy.num_replicas_in_sync, pixels, labels,
+                size))
+        for index in tf.range(steps):
+            self.strategy.run(step, args=(first + index, order, key, *arrays))
 
     @tf.function
     def _distributed_test_step(self, batch):
@@ -223,24 +240,61 @@ class Trainer:
                                     per_pipeline, replicas)
         return self.strategy.distribute_datasets_from_function(shares)
 
-    def fit(self, train_data, test_data, epochs, callbacks, initial_epoch=0, verbose=1):
+    @staticmethod
+    def _calls(train_data, steps_per_execution, data_placement):
+        """(first batch, steps, images per batch) of each call of an epoch. On the device
+        every batch of a call has one static size (XLA needs it), so a shorter last batch gets
+        a call of its own; from tf.data the batches bring their sizes (None)."""
+        steps_per_epoch, batch_size = train_data.steps_per_epoch, train_data.batch_size
+        if data_placement == "host":
+            return [(first, min(steps_per_execution, steps_per_epoch - first), None)
+                    for first in range(0, steps_per_epoch, steps_per_execution)]
+        images = len(train_data.labels)
+        full = images // batch_size
+        calls = [(first, min(steps_per_execution, full - first), batch_size)
+                 for first in range(0, full, steps_per_execution)]
+        return calls + ([(full, 1, images - full * batch_size)] if full < steps_per_epoch
+                        else [])
+
+    def fit(self, train_data, test_data, epochs, callbacks, initial_epoch=0, verbose=1,
+            steps_per_execution=1, data_placement="host"):
         """Epochs `initial_epoch` .. `epochs - 1` of `train_data` (a `data.TrainingData`),
         evaluating on `test_data` after each, with fit()'s callback protocol; returns the last
-        epoch's logs: loss, accuracy, test_loss, test_error."""
+        epoch's logs: loss, accuracy, test_loss, test_error.
+
+        `steps_per_execution` steps run in one compiled call (the last call of an epoch runs
+        what remains), and the callbacks see each call as one batch ending at its last step:
+        the metrics are read back to the host once per call and once per epoch.
+        `data_placement` "host" feeds batches from tf.data; "device" copies the training split
+        to each replica's device once and computes every batch there, with the same draws, so
+        the images and the trained weights are the same bit for bit."""
         callbacks = keras.callbacks.CallbackList(
             callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
             epochs=epochs, steps=train_data.steps_per_epoch, model=self.model)
         model = self.model
         model.stop_training = False
+        if data_placement == "device":
+            arrays = tuple(self.strategy.experimental_distribute_values_from_function(
+                lambda context, array=array: tf.identity(array))
+                for array in train_data.device_arrays())
         callbacks.on_train_begin()
         epoch_logs = {}
         for epoch in range(initial_epoch, epochs):
             self._reset()
             callbacks.on_epoch_begin(epoch)
-            for step, batch in enumerate(self.epoch_batches(train_data, epoch)):
-                callbacks.on_train_batch_begin(step)
-                self.train_step(batch)
-                callbacks.on_train_batch_end(step, self._logs())
+            if data_placement == "device":
+                order, key = train_data.epoch_order(epoch)
+            else:
+                iterator = iter(self.epoch_batches(train_data, epoch))
+            for first, steps, size in self._calls(train_data, steps_per_execution,
+                                                  data_placement):
+                callbacks.on_train_batch_begin(first)
+                if data_placement == "device":
+                    self._device_steps(tf.constant(first), tf.constant(steps), order, key,
+                                       arrays, train_data, size)
+                else:
+                    self.train_steps(iterator, tf.constant(steps))
+                callbacks.on_train_batch_end(first + steps - 1, self._logs())
                 if model.stop_training:
                     break
             epoch_logs = self._logs()

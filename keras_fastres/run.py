@@ -35,7 +35,8 @@ from keras_fastres.lock import folder_lock
 from keras_fastres.config import (build_and_compile, check_config, experiment_fields,
                                   option_word, scaled_learning_rate)
 from keras_fastres.machine import (describe_device, require_tensorflow_backend,
-                                   resolve_jit_compile, versions)
+                                   resolve_data_placement, resolve_jit_compile,
+                                   resolve_steps_per_execution, versions)
 from keras_fastres.serving.export import export_saved_model
 
 
@@ -178,10 +179,14 @@ def _train(config, run_dir, strategy, chief):
     outputs = [callbacks.HistoryCSV(run_dir / "history.csv"),
                keras.callbacks.TensorBoard(run_dir / "tensorboard", profile_batch=0)]
     non_finite = callbacks.StopOnNonFinite()
+    placement = "host" if config.extra_augmentation else resolve_data_placement(
+        config.data_placement, 4 * cifar.train.images[..., 0].size)  # packed: 4 bytes a pixel
     trainer.fit(train_data, test_data, config.epochs, initial_epoch=finished_epochs,
                 verbose=verbose if chief else 0, callbacks=[
                     callbacks.paper_schedule(config.epochs, config.learning_rate), timer,
-                    *(outputs if chief else []), non_finite, backup])
+                    *(outputs if chief else []), non_finite, backup],
+                steps_per_execution=resolve_steps_per_execution(config.steps_per_execution),
+                data_placement=placement)
     if model.stop_training:
         raise RunFailed(
             f"Training stopped in epoch {finished_epochs + len(timer.epoch_seconds)} of "

@@ -163,3 +163,36 @@ def test_a_fraction_above_the_peak_is_never_printed_without_a_warning():
     assert "float32 88.0 GFLOP/s (60-250 over the rounds)" in text
     assert "WARNING: a model ran above the measured matmul peak" in text
     assert "WARNING" not in training.summary({**report, "peak_disturbed": False})
+
+
+def test_steps_per_call_are_compared_in_one_process():
+    report = run_benchmark(depths=(8,), variants=("type1",), batch_size=2, rounds=2, steps=1,
+                           warmup_steps=1, steps_per_execution=(4, 1))
+    by_calls = {r["steps_per_execution"]: r for r in report["results"]}
+    assert sorted(by_calls) == [1, 4]
+    for result in by_calls.values():
+        assert result["images_per_second"] == pytest.approx(2 / result["step_seconds"])
+    assert "steps/call" in table(report)
+    with pytest.raises(ValueError, match="steps_per_execution 0 must be a positive integer"):
+        run_benchmark(depths=(8,), steps_per_execution=(0,))
+
+
+def test_the_report_for_gpu_owners_runs_quick_on_the_cpu(tmp_path):
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "benchmark.py"), "--report", "--quick",
+         "--json", str(out)], capture_output=True, text=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["kind"] == "report" and report["quick"] and report["device"]
+    assert {"keras", "tensorflow", "keras_fastres"} <= set(report["versions"])
+    assert {r["jit_compile"] for r in report["training"]["results"]} == {False, True}
+    assert [r["steps_per_execution"] for r in report["steps_per_execution"]["results"]] == [1, 4]
+    host, device = report["data_placement"]
+    assert (host["data_placement"], device["data_placement"]) == ("host", "device")
+    assert device["ratio_to_host"] == pytest.approx(
+        device["images_per_second"] / host["images_per_second"])
+    markdown = out.with_suffix(".md").read_text()
+    assert markdown.startswith("# keras-fastres report (quick): ") and "| device |" in markdown
+    assert markdown.strip() in result.stdout

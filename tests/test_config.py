@@ -50,15 +50,18 @@ def test_options_map_to_settings_and_words_to_values():
         "--drop-path-rate", "0.1", "--extra-augmentation", "mixup", "cutmix",
         "--precision", "mixed_bfloat16", "--batch-norm", "keras", "--jit-compile", "off",
         "--strategy", "mirrored", "--cpu-replicas", "2", "--lr-scaling", "linear",
+        "--steps-per-execution", "16", "--data-placement", "device",
         "--synthetic", "--synthetic-size", "10", "5", "--data-dir", "/data", "--seed", "7",
         "--output-dir", "out", "--export"], choose_dataset=True)
     assert config == TrainConfig(
         dataset="cifar100", depth=20, variant="preact", shortcut="B", epochs=3, batch_size=64,
         learning_rate=0.05, drop_path_rate=0.1, extra_augmentation=("mixup", "cutmix"),
         precision="mixed_bfloat16", batch_norm="keras", jit_compile=False,
-        strategy="mirrored", cpu_replicas=2, lr_scaling="linear", source="synthetic",
+        strategy="mirrored", cpu_replicas=2, lr_scaling="linear", steps_per_execution=16,
+        data_placement="device", source="synthetic",
         synthetic_size=(10, 5), data_dir="/data", seed=7, output_dir="out", export=True)
     assert parse_args(TrainConfig(), ["--jit-compile", "on"]).jit_compile is True
+    assert parse_args(TrainConfig(), ["--steps-per-execution", "auto"]).steps_per_execution is None
     assert parse_args(TrainConfig(), ["--source", "archive"]).source == "archive"
 
 
@@ -103,6 +106,10 @@ def test_a_new_setting_is_one_field():
     ({"weight_decay": -1}, r"weight_decay must be a number >= 0"),
     ({"cpu_replicas": 2}, r"cpu_replicas is for strategy 'mirrored' only"),
     ({"source": "archive"}, r"source 'archive' needs data_dir"),
+    ({"steps_per_execution": 0}, r"steps_per_execution must be a positive integer, got 0"),
+    ({"data_placement": "gpu"}, r"data_placement must be one of \('auto', 'host', 'device'\)"),
+    ({"data_placement": "device", "extra_augmentation": ("mixup",)},
+     r"data_placement 'device' crops and flips on the accelerator"),
 ])
 def test_bad_settings_are_refused_naming_the_setting(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -53,7 +53,7 @@ def test_every_training_option_states_its_default_or_what_happens_without_it(cap
         main(TrainConfig(), ["--help"])
     described = capsys.readouterr().out.split("show this help message and exit", 1)[1]
     entries = re.split(r"\n  (?=--)", described)[1:]  # one per option, its help included
-    assert len(entries) == 23  # --help aside
+    assert len(entries) == 25  # --help aside
     for entry in entries:
         option, text = entry.split(maxsplit=1)
         text = " ".join(text.split())

@@ -82,6 +82,15 @@ def test_mirrored_on_two_devices_matches_one_device(tmp_path):
     assert moved > 1e-2  # two SGD steps changed the weights ...
     difference = max(np.max(np.abs(a - b)) for a, b in zip(one, two))
     assert difference < 1e-4  # ... identically on one device and on two
+    # With the data on the devices each replica computes its own share of every batch there:
+    # the same shares, the same weights, bit for bit.
+    on_devices = start([*SMALL, "--epochs", "1", "--lr-scaling", "linear", "--strategy",
+                        "mirrored", "--cpu-replicas", "2", "--data-placement", "device",
+                        "--steps-per-execution", "2", "--output-dir", str(tmp_path / "device")],
+                       tmp_path / "device.npz")
+    finish(on_devices)
+    for a, b in zip(weights(tmp_path / "device.npz", "final"), two, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_two_localhost_workers_train_as_one_device_with_their_global_batch(tmp_path):
@@ -171,3 +180,73 @@ def test_known_broken_combinations_are_refused(tmp_path, args, message):
     result = subprocess.run([sys.executable, RECIPE, *SMALL, "--output-dir", str(tmp_path), *args],
                             capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 2 and message in result.stderr
+
+
+# The training loop for accelerators: several steps per call, data on the device, XLA.
+# 200 images at batch 32: 7 steps an epoch, the last of 8 images, so no call size divides it.
+
+def fit(steps_per_execution=1, placement="host", jit_compile=False, epochs=2,
+        initial_epoch=0, model=None, callbacks=(), count_reads=None, images=200):
+    import keras
+
+    from keras_fastres import data
+    from keras_fastres.config import TrainConfig, build_and_compile
+    from keras_fastres.distribute import Trainer
+    split = data.synthetic_cifar("cifar10", images, 16, seed=0)
+    strategy = make_strategy("auto")
+    if model is None:
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = build_and_compile(TrainConfig(depth=8, jit_compile=jit_compile), 10)
+    trainer = Trainer(model, strategy, jit_compile=jit_compile)
+    if count_reads is not None:
+        result = trainer.loss.result
+        trainer.loss.result = lambda: count_reads.append(1) or result()
+    trainer.fit(data.TrainingData(split.train, 32, 0, 10), data.test_dataset(split.test, 32, 10),
+                epochs, callbacks=list(callbacks), initial_epoch=initial_epoch, verbose=0,
+                steps_per_execution=steps_per_execution, data_placement=placement)
+    return model
+
+
+@pytest.fixture(scope="module")
+def one_step_per_call():
+    return fit().get_weights()
+
+
+@pytest.mark.parametrize("steps_per_execution, placement", [
+    (4, "host"), (16, "host"), (1, "device"), (3, "device")])
+def test_steps_per_call_and_data_on_the_device_train_the_same_weights(
+        steps_per_execution, placement, one_step_per_call):
+    reads = []
+    trained = fit(steps_per_execution, placement, count_reads=reads).get_weights()
+    for a, b in zip(trained, one_step_per_call, strict=True):
+        np.testing.assert_array_equal(a, b)  # bit for bit
+    # The loss is read back once per call and once at each epoch's end (and by the
+    # evaluation): never once per step.
+    calls = -(-6 // steps_per_execution) + 1 if placement == "device" else (
+        -(-7 // steps_per_execution))
+    assert len(reads) == 2 * (calls + 2)
+
+
+def test_data_on_the_device_resumes_bit_exact(tmp_path, one_step_per_call):
+    from keras_fastres.backup import Backup
+    backup = Backup(tmp_path / "backup")
+    backup.experiment = {"epochs": 2, "seed": 0}
+    model = fit(3, "device", epochs=1, callbacks=[backup])
+    fresh = fit(3, "device", epochs=0)  # a new process: new weights, then the backup
+    assert Backup(tmp_path / "backup").restore(fresh) == 1
+    resumed = fit(3, "device", epochs=2, initial_epoch=1, model=fresh).get_weights()
+    for a, b in zip(resumed, one_step_per_call, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert model is not fresh
+
+
+def test_the_whole_step_on_the_device_compiles_with_xla():
+    """Crop, flip, forward, backward and update, several times per call, as one XLA program:
+    after one call of three steps, the same weights but for XLA's own float rounding
+    (norm-wise within 1e-5). Over many steps the rounding would reach ReLU kinks and grow."""
+    compiled = fit(3, "device", jit_compile=True, epochs=1, images=96).get_weights()
+    plain = fit(epochs=1, images=96).get_weights()
+    difference = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(compiled, plain)))
+    norm = np.sqrt(sum(np.sum(b ** 2) for b in plain))
+    assert difference / norm < 1e-5 and difference > 0, difference / norm  # compiled, close

@@ -245,8 +245,8 @@ def test_labels_outside_the_classes_are_named_before_training(tmp_path, labels):
     train_labels = np.array([0] * 19 + labels)
     archive = write_cifar_archive(tmp_path, "cifar10", (images, train_labels),
                                   (images[:4], np.zeros(4, int)))
-    with pytest.raises(data.DataUnavailableError,
-                       match=rf"train split of cifar10 .* labels outside 0..9 \(e.g. {labels[0]}\)"):
+    expected = rf"train split of cifar10 .* labels outside 0..9 \(e.g. {labels[0]}\)"
+    with pytest.raises(data.DataUnavailableError, match=expected):
         data.load_cifar("cifar10", "archive", str(archive))
 
 

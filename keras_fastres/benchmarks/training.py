@@ -43,11 +43,14 @@ class Case:
     precision: str = "float32"
     jit_compile: bool = False
     batch_norm: str = "fused"
+    steps_per_execution: int = 1
 
     @property
     def label(self):
+        per_call = self.steps_per_execution
         return (f"ResNet-{self.depth} {self.variant} {self.precision} {self.batch_norm} BN"
-                f"{' XLA' if self.jit_compile else ''}")
+                f"{' XLA' if self.jit_compile else ''}"
+                f"{f' {per_call} steps/call' if per_call > 1 else ''}")
 
 
 def forward_multiply_adds(model):
@@ -110,9 +113,12 @@ def build(case, num_classes=10):
 
 class TrainSteps:
     """Runs and times training steps of one model on one batch, again and again: the recipes'
-    `distribute.Trainer` on TensorFlow, Keras's `train_on_batch` on the other backends."""
+    `distribute.Trainer` on TensorFlow (`steps_per_execution` steps per compiled call, the
+    loss read back after each call, as the recipes do), Keras's `train_on_batch` on the other
+    backends."""
 
     def __init__(self, case, images, labels):
+        self.per_call = case.steps_per_execution
         if on_tensorflow():
             strategy = make_strategy("auto")
             with strategy.scope():
@@ -120,26 +126,27 @@ class TrainSteps:
             trainer = Trainer(self.model, strategy, jit_compile=case.jit_compile)
             batches = iter(strategy.experimental_distribute_dataset(
                 tf.data.Dataset.from_tensors((images, labels)).repeat()))
-            self._step = lambda: trainer.train_step(next(batches))
-            self._wait = lambda: float(trainer.loss.result())
+            steps = tf.constant(self.per_call)
+            self._call = lambda: (trainer.train_steps(batches, steps),
+                                  float(trainer.loss.result()))
         else:
             self.model = build(case)
-            self._step = lambda: self.model.train_on_batch(images, labels)
-            self._wait = lambda: None  # train_on_batch returns its logs as numbers
+            self._call = lambda: self.model.train_on_batch(images, labels)
 
-    def time(self, steps):
-        """Seconds per training step, over `steps` steps."""
+    def time(self, calls):
+        """Seconds per training step, over `calls` calls of `steps_per_execution` steps."""
         start = time.perf_counter()
-        for _ in range(steps):
-            self._step()
-        self._wait()
-        return (time.perf_counter() - start) / steps
+        for _ in range(calls):
+            self._call()
+        return (time.perf_counter() - start) / (calls * self.per_call)
 
 
 def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v1"),
                   batch_size=128, rounds=10, steps=3, warmup_steps=2, precisions=("float32",),
-                  jit_compile=(None,), batch_norms=("auto",), progress=None):
-    """Times every (depth, variant, precision, XLA, BN) case interleaved; returns the report.
+                  jit_compile=(None,), batch_norms=("auto",), steps_per_execution=(1,),
+                  progress=None):
+    """Times every (depth, variant, precision, XLA, BN, steps per call) case interleaved;
+    returns the report. `steps` is the number of timed calls per round.
 
     `jit_compile` holds True, False and/or None (as the recipes choose: XLA on GPUs only; on
     JAX and PyTorch, None is Keras's own default). `batch_norms` holds "auto", "fused" and/or
@@ -152,7 +159,11 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
         raise ValueError(f"precisions must be taken from {PRECISIONS}, got {unknown}.")
     for implementation in batch_norms:
         batch_norm.check_implementation(implementation)
-    check_positive_integers(batch_size=batch_size, rounds=rounds, steps=steps)
+    check_positive_integers(batch_size=batch_size, rounds=rounds, steps=steps,
+                            **{f"steps_per_execution {n}": n for n in steps_per_execution})
+    if not on_tensorflow() and set(steps_per_execution) != {1}:
+        raise ValueError("steps_per_execution other than 1 is timed on the TensorFlow "
+                         "backend only (the recipes' training loop).")
     progress = progress or (lambda message: None)
     # None: as the recipes choose on TensorFlow (XLA on GPUs only); Keras's own default on the
     # other backends (JAX always compiles with XLA, PyTorch runs eagerly).
@@ -161,7 +172,8 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
     jit_compile = sorted({default if j is None else j for j in jit_compile})
     cases = [Case(*values) for values in itertools.product(
         depths, variants, precisions, jit_compile,
-        sorted({batch_norm.resolve(b) for b in batch_norms}, reverse=True))]
+        sorted({batch_norm.resolve(b) for b in batch_norms}, reverse=True),
+        sorted(set(steps_per_execution)))]
 
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch_size, 32, 32, 3)).astype("float32")
@@ -196,7 +208,7 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
         results.append({
             "depth": case.depth, "variant": case.variant, "precision": case.precision,
             "jit_compile": case.jit_compile, "batch_norm": case.batch_norm,
-            "step_seconds": step,
+            "steps_per_execution": case.steps_per_execution, "step_seconds": step,
             "step_seconds_per_round": seconds[case],
             "images_per_second": batch_size / step,
             "epoch_seconds": step * EPOCH_IMAGES / batch_size,
@@ -206,7 +218,8 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
         })
     for result in results:
         baseline = next((r for r in results if r["variant"] == "preact" and all(
-            r[k] == result[k] for k in ("depth", "precision", "jit_compile", "batch_norm"))),
+            r[k] == result[k] for k in ("depth", "precision", "jit_compile", "batch_norm",
+                                        "steps_per_execution"))),
             None)
         result["ratio_to_preact"] = (result["step_seconds"] / baseline["step_seconds"]
                                      if baseline else None)
@@ -221,7 +234,7 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
 COLUMNS = (
     ("depth", "depth", "{}"), ("variant", "variant", "{}"),
     ("precision", "precision", "{}"), ("BN", "batch_norm", "{}"),
-    ("XLA", "jit_compile", "{}"),
+    ("XLA", "jit_compile", "{}"), ("steps/call", "steps_per_execution", "{}"),
     ("step ms", "step_seconds", lambda seconds: f"{1000 * seconds:.1f}"),
     ("images/s", "images_per_second", "{:.0f}"),
     ("s/epoch", "epoch_seconds", "{:.1f}"), ("vs preact", "ratio_to_preact", "{:.3f}"),

@@ -15,11 +15,12 @@ Under KERAS_BACKEND=jax or torch the models train with Keras's own train step on
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import tensorflow as tf
 
 from keras_fastres import batch_norm
-from keras_fastres.benchmarks import inference, pipeline, training
+from keras_fastres.benchmarks import accelerator, inference, pipeline, training
 from keras_fastres.benchmarks.report import format_markdown, format_table, print_progress
 from keras_fastres.config import PRECISIONS
 from keras_fastres.console import HelpFormatter, positive_integer, program, writable_file
@@ -53,6 +54,14 @@ def main(argv=None):
                         help="time the exported models serving instead of training (needs "
                              "the onnx extra); --rounds applies, --steps, --precisions, "
                              "--batch-norm and --jit-compile do not")
+    parser.add_argument("--report", action="store_true",
+                        help="the report for GPU owners: training speed of preact and type1 at "
+                             "depths 20 and 110 in float32 and the device's fast mixed "
+                             "precision, XLA off and on, 1 vs 16 steps per call, data on the "
+                             "host vs the device; about 10 minutes on one GPU (with --json, "
+                             "also FILE.md)")
+    parser.add_argument("--quick", action="store_true",
+                        help="with --report: the same at depth 8, one round (a smoke test)")
     parser.add_argument("--pipeline", action="store_true",
                         help="time the training input pipeline alone (one epoch of CIFAR-shaped "
                              "data per round; --batch-size and --rounds apply)")
@@ -68,6 +77,9 @@ def main(argv=None):
                         help=f"any of {','.join(batch_norm.IMPLEMENTATIONS)}; auto: the "
                              f"models' default (TensorFlow's fused kernel on TensorFlow, "
                              f"Keras's elsewhere)")
+    parser.add_argument("--steps-per-execution", type=csv_list(int), default="1",
+                        help="training steps per compiled call, comma-separated (e.g. 1,16: "
+                             "compared in one process); --steps counts calls")
     parser.add_argument("--jit-compile", choices=("auto", "on", "off", "both"), default="auto",
                         help="XLA; auto: as the recipes (on with GPUs, off on CPUs)")
     parser.add_argument("--json", metavar="FILE", type=writable_file,
@@ -79,8 +91,14 @@ def main(argv=None):
     args.variants = args.variants or csv_list()(INFERENCE_VARIANTS if args.inference
                                                 else VARIANTS)
     tf.get_logger().setLevel("ERROR")  # one traced train function per model is expected
+    if args.quick and not args.report:
+        parser.error("--quick goes with --report")
     try:
-        if args.pipeline:
+        if args.report:
+            print(f"The report{' (quick)' if args.quick else ''}: training speed, steps per "
+                  f"call and data placement on this device.", file=sys.stderr)
+            report = accelerator.run_report(args.quick, progress=print_progress)
+        elif args.pipeline:
             print(f"Benchmarking the training pipeline: batch {args.batch_size}, {args.rounds} "
                   f"epochs of 50,000 images.", file=sys.stderr)
             report = pipeline.run_pipeline_benchmark(args.batch_size, args.rounds,
@@ -101,18 +119,24 @@ def main(argv=None):
             report = training.run_benchmark(
                 args.depths, args.variants, args.batch_size, args.rounds, args.steps,
                 precisions=args.precisions, jit_compile=jit, batch_norms=args.batch_norm,
-                progress=print_progress)
+                steps_per_execution=args.steps_per_execution, progress=print_progress)
     except (ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(file=sys.stderr)
-    layout = {"training": training, "inference": inference, "pipeline": pipeline}[report["kind"]]
-    text = (format_markdown if args.markdown else format_table)(
-        report, layout.COLUMNS, layout.summary(report))
+    if report["kind"] == "report":
+        text = accelerator.format_report(report)
+    else:
+        layout = {"training": training, "inference": inference,
+                  "pipeline": pipeline}[report["kind"]]
+        text = (format_markdown if args.markdown else format_table)(
+            report, layout.COLUMNS, layout.summary(report))
     print(text)
     if args.json:
         with open(args.json, "w") as file:
             json.dump(report, file, indent=2)
+        if report["kind"] == "report":
+            Path(args.json).with_suffix(".md").write_text(text + "\n")
     return 0
 
 

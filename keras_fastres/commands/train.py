@@ -20,6 +20,14 @@ from keras_fastres.lock import Busy
 from keras_fastres.run import RunFailed, RunRefused, Terminated, train
 
 
+def auto_or(kind):
+    """argparse type: the word "auto" (None), or a value of `kind`."""
+    def parse(text):
+        return None if text == "auto" else kind(text)
+    parse.__name__ = f"auto or {kind.__name__}"  # what argparse's error names
+    return parse
+
+
 def _add_option(parser, field, default):
     meta = field.metadata
     kwargs = {"default": option_word(field, default), "help": meta["help"].replace("%", "%%")}
@@ -29,7 +37,7 @@ def _add_option(parser, field, default):
         several = isinstance(field.default, tuple)
         kwargs["choices"] = tuple(meta["cli_values"] or ()) or meta["choices"]
         kind = meta["type"] or (str if several or meta["cli_values"] else type(field.default))
-        kwargs["type"] = kind  # ranges are check_config's: one line, before any work
+        kwargs["type"] = auto_or(kind) if meta["auto"] else kind  # ranges: check_config's
         if meta["nargs"]:
             kwargs["nargs"] = meta["nargs"]
         if meta["metavar"]:
