@@ -31,7 +31,8 @@ def recipe(*args, dataset="cifar10", env=ENV):
 
 def test_recipe_end_to_end_on_synthetic_data(tmp_path):
     run = tmp_path / "run"
-    result = recipe("--synthetic", "--depth", "20", "--epochs", "2", "--output-dir", str(run),
+    result = recipe("--synthetic", "--synthetic-size", "256", "64", "--depth", "20", "--epochs",
+                    "2", "--output-dir", str(run),
                     "--export")
     assert result.returncode == 0, result.stderr
     assert "test error" in result.stdout and "s/epoch" in result.stdout
@@ -73,7 +74,8 @@ def test_recipe_end_to_end_on_synthetic_data(tmp_path):
     assert metrics["export_dir"] == str(run / "export" / "1")
 
     # Starting the finished run again would overwrite it: refused, at once.
-    again = recipe("--synthetic", "--depth", "20", "--epochs", "2", "--output-dir", str(run))
+    again = recipe("--synthetic", "--synthetic-size", "256", "64", "--depth", "20", "--epochs",
+                   "2", "--output-dir", str(run))
     assert again.returncode == 1 and "already holds a finished run" in again.stderr
 
     compare = recipe("--compare", str(run), str(run), "--output-dir", str(tmp_path))
@@ -84,7 +86,8 @@ def test_recipe_end_to_end_on_synthetic_data(tmp_path):
 
 def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
     run, epochs = tmp_path / "run", 6
-    args = ["--synthetic", "--depth", "8", "--epochs", str(epochs), "--output-dir", str(run)]
+    args = ["--synthetic", "--synthetic-size", "256", "64", "--depth", "8", "--epochs",
+            str(epochs), "--output-dir", str(run)]
     first = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "cifar10.py"), *args],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     wait_for_backup(run, first, generations=2)
