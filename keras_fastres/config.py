@@ -17,7 +17,9 @@ from pathlib import Path
 
 import keras
 
-from keras_fastres import batch_norm, blocks, data, distribute, models
+from keras_fastres import batch_norm, blocks, distribute, models
+from keras_fastres.data import (EXTRA_AUGMENTATIONS, SOURCES, TFDS_PREFIX, check_dataset_name,
+                                is_cifar, mixes_labels)
 from keras_fastres.machine import resolve_jit_compile
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -55,8 +57,36 @@ class TrainConfig:
     """
 
     dataset: str = setting(
-        "cifar10", "the data set, and its mean and std in the model", experiment=True,
-        choices=data.DATASETS, only_fastres_train=True)
+        "cifar10", "cifar10, cifar100 (CIFAR's mean and std in the model), or tfds:NAME, an "
+        "image classification data set of the TFDS catalog (e.g. tfds:svhn_cropped)",
+        experiment=True, only_fastres_train=True)
+    data: str | None = setting(
+        None, "a folder of your own images instead: DIR/<class>/<images>, or "
+        "DIR/train/<class>/... and DIR/test/<class>/...", experiment=True,
+        only_fastres_train=True, type=str, metavar="DIR")
+    image_size: tuple = setting(
+        (32,), "with --data or tfds:NAME: every image resized to H x W (one number: square)",
+        experiment=True, only_fastres_train=True, positive=True, type=int, nargs="+",
+        metavar=("H", "W"))
+    validation_fraction: float = setting(
+        0.1, "with --data DIR/<class>/... or a TFDS set without a test split: the part of each "
+        "class held out as the test split (the same files in every run)", experiment=True,
+        only_fastres_train=True)
+    train_split: str = setting("train", "with tfds:NAME: the TFDS split to train on",
+                               experiment=True, only_fastres_train=True)
+    test_split: str = setting(
+        "test", "with tfds:NAME: the split to test on (none named test: a hold-out)",
+        experiment=True, only_fastres_train=True)
+    no_flip: bool = setting(
+        False, "no horizontal flips in the augmentation: for images a mirror changes "
+        "(digits, text, some medical images)", experiment=True, only_fastres_train=True)
+    init_from: str | None = setting(
+        None, "fine-tune: start from the weights of a finished run (RUN_DIR) or a .keras file; "
+        "another class count replaces the classifier", experiment=True,
+        only_fastres_train=True, type=str, metavar="RUN_DIR|MODEL.keras")
+    max_memory: float | None = setting(
+        None, "with --data: GiB the decoded images may take (N x H x W x 3 bytes); default: "
+        "half of the machine's memory", only_fastres_train=True, type=float, metavar="GIB")
     depth: int = setting(110, "6n+2", experiment=True)
     variant: str = setting(
         "type1", "type1: FastResNet; preact: the paper's baseline; type2: its ablation; v1: "
@@ -77,7 +107,7 @@ class TrainConfig:
                                     experiment=True)
     extra_augmentation: tuple = setting(
         (), "beyond the paper's crop and flip (default: none)", experiment=True,
-        choices=data.EXTRA_AUGMENTATIONS, nargs="*")
+        choices=EXTRA_AUGMENTATIONS, nargs="*")
     precision: str = setting(
         "float32", "mixed_bfloat16: bf16 activations (fast on CPUs with AMX-BF16); "
         "mixed_float16: fp16 with loss scaling (GPUs)", experiment=True, choices=PRECISIONS)
@@ -108,7 +138,7 @@ class TrainConfig:
     source: str = setting(
         "tfds", "tfds: downloads CIFAR on first use; archive: the official "
         "cifar-*-python.tar.gz in --data-dir; synthetic: random images", experiment=True,
-        choices=data.SOURCES, shorthand=(
+        choices=SOURCES, shorthand=(
             "--synthetic", "synthetic",
             "shorthand for --source synthetic (smoke runs and benchmarks only)"))
     synthetic_size: tuple = setting(
@@ -127,12 +157,17 @@ class TrainConfig:
     verbose: int | None = setting(
         None, "None: a progress bar on a terminal, one line per epoch otherwise", option=False)
 
+    def data_name(self) -> str:
+        """What the run trains on: the --data folder's name, tfds:NAME, or cifar10/cifar100."""
+        return Path(self.data).resolve().name if self.data else self.dataset
+
     def run_dir(self) -> Path:
         if self.output_dir:
             return Path(self.output_dir)
         source = "-synthetic" if self.source == "synthetic" else ""
         seed = f"-seed{self.seed}" if self.seed is not None else ""
-        return Path("runs") / f"{self.dataset}{source}-resnet{self.depth}-{self.variant}{seed}"
+        name = self.data_name().replace(TFDS_PREFIX, "tfds-").replace("/", "-")
+        return Path("runs") / f"{name}{source}-resnet{self.depth}-{self.variant}{seed}"
 
 
 def experiment_fields(config):
@@ -189,6 +224,8 @@ def check_config(config):
                          f"{config.learning_rate!r}.")
     if not 0 <= config.drop_path_rate < 1:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {config.drop_path_rate!r}.")
+    check_dataset_name(config.dataset)
+    _check_data_settings(config)
     if config.source == "archive" and not config.data_dir:
         raise ValueError("source 'archive' needs data_dir: the cifar-*-python.tar.gz file or "
                          "the folder holding it.")
@@ -202,6 +239,38 @@ def check_config(config):
                          "(or 'auto') with them.")
 
 
+def _check_data_settings(config):
+    """The data options: each for the source it belongs to, each in its range."""
+    own_images = config.data or not is_cifar(config.dataset)
+    if config.data:
+        if config.dataset != TrainConfig.dataset:
+            raise ValueError(f"data and dataset are two data sets; give --data {config.data} "
+                             f"or --dataset {config.dataset}, not both.")
+        if not Path(config.data).is_dir():
+            raise ValueError(f"data {config.data} is not a folder; give a folder of class "
+                             f"folders (DIR/<class>/<images>).")
+    if own_images and config.source != TrainConfig.source:
+        raise ValueError(f"source {config.source!r} is for CIFAR; --data and tfds:NAME read "
+                         f"their own images.")
+    if not own_images and tuple(config.image_size) != (32,) and \
+            tuple(config.image_size) != (32, 32):
+        raise ValueError(f"image_size is for --data and tfds:NAME; CIFAR's images are 32x32 "
+                         f"(got {list(config.image_size)}).")
+    if not 1 <= len(config.image_size) <= 2 or min(config.image_size) < 4:
+        raise ValueError(f"image_size must be H or H W, each at least 4 (the network halves "
+                         f"it twice), got {list(config.image_size)}.")
+    if not (isinstance(config.validation_fraction, (int, float))
+            and 0 < config.validation_fraction < 1):
+        raise ValueError(f"validation_fraction must be between 0 and 1, got "
+                         f"{config.validation_fraction!r}.")
+    if config.max_memory is not None and not config.max_memory > 0:
+        raise ValueError(f"max_memory must be a positive number of GiB, got "
+                         f"{config.max_memory!r}.")
+    if config.init_from and not Path(config.init_from).exists():
+        raise ValueError(f"init_from {config.init_from} does not exist; give a finished run's "
+                         f"folder (it holds model.keras) or a .keras file.")
+
+
 def scaled_learning_rate(config):
     """The learning rate the run trains with: the paper's, or with lr_scaling 'linear' that
     times batch_size / 128."""
@@ -210,21 +279,24 @@ def scaled_learning_rate(config):
     return config.learning_rate
 
 
-def build_and_compile(config, num_classes, synchronized_batch_norm=False):
+def build_and_compile(config, num_classes, synchronized_batch_norm=False, input_shape=(32, 32, 3),
+                      normalization=None, class_names=None):
     """The model of `config` with the paper's optimiser: SGD, Nesterov momentum, weight decay
     as L2 in the layers (gradient term weight_decay * w), in `config.precision`. Keras wraps
-    the optimiser in a LossScaleOptimizer under mixed_float16."""
+    the optimiser in a LossScaleOptimizer under mixed_float16. `normalization` defaults to
+    the statistics of config.dataset (CIFAR's); other data sets pass their own."""
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}.")
     model = models.FastResNet(
         config.depth, config.variant, num_classes=num_classes, shortcut=config.shortcut,
         drop_path_rate=config.drop_path_rate, weight_decay=config.weight_decay,
-        normalization=config.dataset, synchronized_batch_norm=synchronized_batch_norm,
+        input_shape=input_shape, normalization=normalization or config.dataset,
+        class_names=class_names, synchronized_batch_norm=synchronized_batch_norm,
         batch_norm=config.batch_norm, dtype=config.precision)
     model.compile(
         optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum,
                                        nesterov=True),
-        loss=("categorical_crossentropy" if data.mixes_labels(config.extra_augmentation)
+        loss=("categorical_crossentropy" if mixes_labels(config.extra_augmentation)
               else "sparse_categorical_crossentropy"),
         metrics=["accuracy"], jit_compile=resolve_jit_compile(config.jit_compile))
     return model

@@ -92,6 +92,19 @@ def _check_input_shape(input_shape, channels):
             f"or normalization=None.")
 
 
+def _check_class_names(class_names, num_classes):
+    if class_names is None:
+        return None
+    names = list(class_names) if isinstance(class_names, (list, tuple)) else None
+    if names is None or not all(isinstance(n, str) and n and "\n" not in n for n in names):
+        raise ValueError(f"class_names must be a list of non-empty one-line strings, got "
+                         f"{class_names!r}.")
+    if len(names) != num_classes:
+        raise ValueError(f"class_names has {len(names)} names for num_classes={num_classes}; "
+                         f"give one name per class.")
+    return names
+
+
 def check_variant(variant):
     """A ValueError naming the variants unless `variant` is one of them."""
     if variant not in BLOCKS:
@@ -142,6 +155,8 @@ class FastResNet(keras.Model):
             runs with the other and on every backend. Synchronized BN always runs Keras's.
         dtype: the dtype policy of the layers, e.g. "mixed_bfloat16"; None (default): Keras's
             global policy when the model is built. The config records the policy used.
+        class_names: the name of each class (output i is `class_names[i]`), or None (default).
+            Kept in the config, so they travel with `.keras` files; the exports serve them.
         name: model name; default "resnet{depth}_{variant}".
 
     Input: float images `(batch, H, W, channels)`, raw pixel values in [0, 255].
@@ -153,7 +168,8 @@ class FastResNet(keras.Model):
                  weight_decay: float = 1e-4, normalization="auto",
                  classifier_activation: str | None = "softmax",
                  synchronized_batch_norm: bool = False, batch_norm: str = "auto",
-                 dtype: str | None = None, name: str | None = None, **kwargs):
+                 dtype: str | None = None, class_names: list | None = None,
+                 name: str | None = None, **kwargs):
         n = blocks_per_stage(depth)
         check_variant(variant)
         if shortcut not in SHORTCUTS:
@@ -163,6 +179,7 @@ class FastResNet(keras.Model):
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
         check_implementation(batch_norm)
+        class_names = _check_class_names(class_names, num_classes)
         stats = _normalization_stats(normalization, num_classes)
         _check_input_shape(input_shape, None if stats is None else len(stats[0]))
         policy = keras.dtype_policies.get(dtype) if dtype else keras.config.dtype_policy()
@@ -214,7 +231,7 @@ class FastResNet(keras.Model):
             "weight_decay": weight_decay, "normalization": normalization,
             "classifier_activation": classifier_activation,
             "synchronized_batch_norm": synchronized_batch_norm, "batch_norm": batch_norm,
-            "dtype": policy.name}
+            "dtype": policy.name, "class_names": class_names}
 
     @property
     def depth(self) -> int:
@@ -223,6 +240,10 @@ class FastResNet(keras.Model):
     @property
     def variant(self) -> str:
         return self._arguments["variant"]
+
+    @property
+    def class_names(self) -> list | None:
+        return self._arguments["class_names"]
 
     def get_config(self) -> dict:
         """The constructor's arguments, with the name and trainable flag."""

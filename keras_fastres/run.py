@@ -37,7 +37,12 @@ from keras_fastres.config import (build_and_compile, check_config, experiment_fi
 from keras_fastres.machine import (describe_device, require_tensorflow_backend,
                                    resolve_data_placement, resolve_jit_compile,
                                    resolve_steps_per_execution, versions)
+from keras_fastres.finetune import initialize_from
 from keras_fastres.serving.export import export_saved_model
+
+
+DATA_IDENTITY = ("class_names", "data_files")  # data_identity's keys
+SHOWN_SKIPPED_FILES = 100  # of the undecodable files, those metrics.json names
 
 
 class RunFailed(RuntimeError):
@@ -139,19 +144,11 @@ def _train(config, run_dir, strategy, chief):
     backup.experiment = experiment(config, seed)
     if stored is not None:
         check_same_experiment(stored, backup.experiment, run_dir)
-    keras.utils.set_random_seed(seed)
-    config = dataclasses.replace(config, learning_rate=scaled_learning_rate(config))
-    with strategy.scope():
-        # Synchronised BN: the replicas normalise with the global batch's statistics, so
-        # N devices train like one device with the same global batch, and the workers' BN
-        # moving averages stay identical.
-        model = build_and_compile(config, len(data.CLASS_NAMES[config.dataset]),
-                                  synchronized_batch_norm=replicas > 1)
-    trainer = distribute.Trainer(model, strategy, data.mixes_labels(config.extra_augmentation),
-                                 jit_compile)
-    cifar = data.load_cifar(config.dataset, config.source, config.data_dir,
-                            synthetic_size=config.synthetic_size, seed=seed)
-    for split_name, split in (("training", cifar.train), ("test", cifar.test)):
+    images = data.load(config, seed)
+    backup.experiment.update(data_identity(images))
+    if stored is not None:
+        check_same_experiment(stored, backup.experiment, run_dir, DATA_IDENTITY)
+    for split_name, split in (("training", images.train), ("test", images.test)):
         last = len(split.labels) % config.batch_size
         if 0 < last < replicas:  # a replica with no image fails inside TensorFlow
             raise ValueError(
@@ -159,20 +156,36 @@ def _train(config, run_dir, strategy, chief):
                 f"fewer than the {replicas} replicas, and each replica needs one; choose a "
                 f"--batch-size that leaves no remainder, or a remainder of at least "
                 f"{replicas}.")
-    train_data = data.TrainingData(cifar.train, config.batch_size, seed, cifar.num_classes,
-                                   config.extra_augmentation)
-    test_data = data.test_dataset(cifar.test, config.batch_size, cifar.num_classes,
-                                  one_hot=data.mixes_labels(config.extra_augmentation))
+    keras.utils.set_random_seed(seed)
+    config = dataclasses.replace(config, learning_rate=scaled_learning_rate(config))
+    with strategy.scope():
+        # Synchronised BN: the replicas normalise with the global batch's statistics, so
+        # N devices train like one device with the same global batch, and the workers' BN
+        # moving averages stay identical.
+        model = build_and_compile(
+            config, images.num_classes, synchronized_batch_norm=replicas > 1,
+            input_shape=images.image_shape, class_names=list(images.class_names),
+            # CIFAR's published statistics; any other data set's computed on its training split
+            normalization=None if data.is_cifar(images.name) else data.channel_statistics(
+                images.train.images))
+    mixed = data.mixes_labels(config.extra_augmentation)
+    trainer = distribute.Trainer(model, strategy, mixed, jit_compile)
+    train_data = data.TrainingData(images.train, config.batch_size, seed, images.num_classes,
+                                   config.extra_augmentation, flip=not config.no_flip)
+    test_data = data.test_dataset(images.test, config.batch_size, images.num_classes,
+                                  one_hot=mixed)
 
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
         files.remove_leftovers(run_dir)  # history and metrics a killed run was replacing
     finished_epochs = backup.restore(model)
+    if config.init_from and not finished_epochs:
+        print(initialize_from(model, config.init_from), flush=True)
     if finished_epochs and chief:
         # A kill between an epoch's history row and its backup leaves a row the run redoes.
         callbacks.truncate_history(run_dir / "history.csv", finished_epochs)
         print(f"Resuming {run_dir} after epoch {finished_epochs}.", flush=True)
-    timer = callbacks.EpochTimer(len(cifar.train.labels))
+    timer = callbacks.EpochTimer(len(images.train.labels))
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
     # Order matters: the schedule and the timer add to the epoch logs that the history file
     # records, and the backup is taken after the history row is written.
@@ -180,7 +193,7 @@ def _train(config, run_dir, strategy, chief):
                keras.callbacks.TensorBoard(run_dir / "tensorboard", profile_batch=0)]
     non_finite = callbacks.StopOnNonFinite()
     placement = "host" if config.extra_augmentation else resolve_data_placement(
-        config.data_placement, 4 * cifar.train.images[..., 0].size)  # packed: 4 bytes a pixel
+        config.data_placement, 4 * images.train.images[..., 0].size)  # packed: 4 bytes a pixel
     trainer.fit(train_data, test_data, config.epochs, initial_epoch=finished_epochs,
                 verbose=verbose if chief else 0, callbacks=[
                     callbacks.paper_schedule(config.epochs, config.learning_rate), timer,
@@ -203,14 +216,17 @@ def _train(config, run_dir, strategy, chief):
         "test_error": 1.0 - test["accuracy"],
         "test_loss": test["loss"],
         "mean_epoch_seconds": mean_seconds,
-        "images_per_second": len(cifar.train.labels) / mean_seconds,
+        "images_per_second": len(images.train.labels) / mean_seconds,
         "timed_epochs": len(timed),
-        "train_images": len(cifar.train.labels),
-        "test_images": len(cifar.test.labels),
+        "train_images": len(images.train.labels),
+        "test_images": len(images.test.labels),
         # Trainable: the count the README's tables and the paper's reference nets give;
         # total adds each BN's moving mean and variance.
         "trainable_parameters": sum(math.prod(w.shape) for w in model.trainable_weights),
         "total_parameters": model.count_params(),
+        "class_names": list(images.class_names),
+        "skipped_images": len(images.skipped),
+        "skipped_files": images.skipped[:SHOWN_SKIPPED_FILES],
         "replicas": replicas,
         "outputs": str(run_dir) if chief else None,
         # As the command line writes them ("auto", "none"), where a setting's value is no word.
@@ -245,11 +261,23 @@ def run_seed(config, stored, strategy):
     return distribute.agree_on_seed(strategy, random.SystemRandom().randrange(2 ** 31))
 
 
-def check_same_experiment(stored, current, run_dir):
-    """A ValueError naming every setting in which `current` differs from the unfinished run
-    stored in `run_dir`, and what to do."""
-    changed = [f"{field} {stored[field]!r} -> {current.get(field)!r}" for field in stored
-               if stored[field] != current.get(field)]
+def data_identity(images):
+    """What the experiment stores of its data once loaded: the class names and, for a folder,
+    which files make up each split (so a resume trains and tests on the same files)."""
+    identity = {"class_names": list(images.class_names)}
+    if images.files_digest:
+        identity["data_files"] = images.files_digest
+    return identity
+
+
+def check_same_experiment(stored, current, run_dir, fields=None):
+    """A ValueError naming every setting (of `fields`; default: all but the data identity,
+    which is checked once the data is loaded) in which `current` differs from the unfinished
+    run stored in `run_dir`, and what to do."""
+    fields = [f for f in stored if f not in DATA_IDENTITY] if fields is None else [
+        f for f in fields if f in stored]
+    changed = [f"{field} {stored.get(field)!r} -> {current.get(field)!r}" for field in fields
+               if stored.get(field) != current.get(field)]
     if changed:
         raise ValueError(
             f"{run_dir} holds an unfinished run of another experiment ({'; '.join(changed)}). "
@@ -275,7 +303,7 @@ def write_outputs(model, config, metrics, history):
     with _naming(run_dir / "error_curve.png"):
         plots.plot_runs([(f"ResNet-{config.depth} {config.variant}", history)],
                         run_dir / "error_curve.png", train_error=True,
-                        title=f"{config.dataset}, ResNet-{config.depth} {config.variant}")
+                        title=f"{config.data_name()}, ResNet-{config.depth} {config.variant}")
     with _naming(run_dir / "metrics.json"):
         write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)

@@ -175,14 +175,15 @@ ARGUMENTS = {"depth": 8, "variant": "v1", "num_classes": 7, "input_shape": [24, 
              "shortcut": "B", "drop_path_rate": 0.1, "include_top": True, "weight_decay": 5e-4,
              "normalization": [[33.0], [78.5]], "classifier_activation": None,
              "synchronized_batch_norm": False, "batch_norm": "keras",
-             "dtype": "mixed_bfloat16"}
+             "dtype": "mixed_bfloat16",
+             "class_names": ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]}
 
 
 def test_the_model_remembers_its_arguments(tmp_path):
     model = FastResNet(**{**ARGUMENTS, "input_shape": (24, 24, 1),
                           "normalization": ((33,), (78.5,))})
     assert model.get_config() == {**ARGUMENTS, "name": "resnet8_v1", "trainable": True}
-    assert (model.depth, model.variant) == (8, "v1")
+    assert (model.depth, model.variant, model.class_names) == (8, "v1", ARGUMENTS["class_names"])
     assert model.get_layer("stage1_block1").compute_dtype == "bfloat16"
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
@@ -199,7 +200,8 @@ def test_defaults_and_aliases_are_recorded_too():
         "shortcut": "A", "drop_path_rate": 0.0, "include_top": True, "weight_decay": 1e-4,
         "normalization": "auto", "classifier_activation": "softmax",
         "synchronized_batch_norm": False, "batch_norm": "auto",
-        "dtype": keras.config.dtype_policy().name, "name": "resnet110_type1", "trainable": True}
+        "dtype": keras.config.dtype_policy().name, "class_names": None, "name": "resnet110_type1",
+        "trainable": True}
     assert type(FastResNet.from_config(config)) is FastResNet
 
 
@@ -280,6 +282,9 @@ def test_auto_normalization_warns_for_a_class_count_cifar_does_not_have():
     ({"input_shape": (32, 32, 1)}, r"1 channels but the normalization statistics have 3"),
     ({"normalization": "imagenet"}, r"'auto', one of \['cifar10', 'cifar100'\]"),
     ({"normalization": (1.0, 2.0)}, r"\(mean, std\) pair of per-channel sequences"),
+    ({"class_names": ["cat", "dog"]}, r"2 names for num_classes=10"),
+    ({"class_names": "cat dog", "num_classes": 2}, r"list of non-empty one-line strings"),
+    ({"class_names": ["cat", "two\nlines"], "num_classes": 2}, r"one-line strings"),
 ])
 def test_bad_arguments_fail_fast_naming_the_valid_choices(kwargs, message):
     with pytest.raises(ValueError, match=message):

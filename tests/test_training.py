@@ -1,4 +1,5 @@
-"""The recipes end to end: outputs, resuming a killed run, fast failures and real learning."""
+"""The recipes end to end: outputs, resuming a killed run, fast failures. (Real learning, on
+real images: test_own_images.py.)"""
 
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import wait_for_backup, write_cifar_archive
+from conftest import wait_for_backup
 from keras_fastres.callbacks import HistoryCSV, paper_learning_rate, read_history
 from keras_fastres.commands.train import main, parse_args
 from keras_fastres.config import TrainConfig
@@ -158,32 +159,6 @@ def test_bad_arguments_fail_before_any_work(args, message, tmp_path, monkeypatch
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
     assert list(tmp_path.iterdir()) == []  # no run directory, nothing written
-
-
-def digits_as_cifar(directory):
-    """scikit-learn's 1,797 handwritten digits (8x8, 0-16) as 32x32x3 uint8 CIFAR-10 archives."""
-    import tensorflow as tf
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = tf.image.resize(digits.images[..., None] * (255 / 16), (32, 32)).numpy()
-    images = np.repeat(np.clip(np.round(images), 0, 255).astype(np.uint8), 3, axis=-1)
-    order = np.random.default_rng(0).permutation(len(images))
-    train_index, test_index = order[:1400], order[1400:]
-    return write_cifar_archive(directory, "cifar10",
-                               (images[train_index], digits.target[train_index]),
-                               (images[test_index], digits.target[test_index]))
-
-
-def test_a_shallow_fastresnet_learns_real_digits(tmp_path):
-    """Real images through the archive loader, the pipeline and the training code: a silent
-    bug in labels, normalisation or augmentation keeps the error far above 10%."""
-    archive = digits_as_cifar(tmp_path / "digits")
-    metrics = train(TrainConfig(depth=8, epochs=20, batch_size=64, source="archive",
-                                data_dir=str(archive), seed=0, output_dir=str(tmp_path / "run"),
-                                verbose=0))
-    assert metrics["test_error"] <= 0.10, metrics["test_error"]
-    assert metrics["train_images"] == 1400 and metrics["test_images"] == 397
 
 
 @pytest.mark.parametrize("precision, compute", [("float32", "float32"),

@@ -60,10 +60,10 @@ def build_parser(defaults, choose_dataset=False):
     `choose_dataset` adds --dataset (fastres-train)."""
     parser = argparse.ArgumentParser(
         prog=program("keras_fastres.commands.train") if choose_dataset else None,
-        description=f"Train a CIFAR ResNet on "
-                    f"{'CIFAR-10 or CIFAR-100' if choose_dataset else defaults.dataset} with "
-                    f"the paper's recipe. A killed run continues from its last finished epoch "
-                    f"when the same command is run again.",
+        description=f"Train a FastResNet on "
+                    f"{'CIFAR-10, CIFAR-100, a TFDS data set or your own images (--data)' if choose_dataset else defaults.dataset} "
+                    f"with the paper's recipe. A killed run continues from its last finished "
+                    f"epoch when the same command is run again.",
         formatter_class=HelpFormatter)
     for field in options(defaults, choose_dataset):
         _add_option(parser, field, getattr(defaults, field.name))
@@ -98,7 +98,8 @@ def tensorflow_reason(message):
 
 
 def command(argv=None):
-    """fastres-train: the paper's recipe on CIFAR-10 or, with --dataset cifar100, CIFAR-100."""
+    """fastres-train: the paper's recipe on CIFAR-10, CIFAR-100 (--dataset cifar100), a TFDS
+    catalog data set (--dataset tfds:NAME) or a folder of images (--data DIR)."""
     return main(TrainConfig(), argv, choose_dataset=True)
 
 

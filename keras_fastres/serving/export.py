@@ -4,8 +4,12 @@ ONNX model (onnxruntime and other ONNX runtimes), neither needing this package o
 SavedModel signatures (the batch dimension is None: any batch size, 1 included):
     serving_default  images: uint8 [None, H, W, 3], raw pixels as a PNG/JPEG decoder gives them
     serving_float    images: float32 [None, H, W, 3], pixel values in [0, 255]
-Both return {"probabilities": float32 [None, num_classes], "classes": int64 [None]}. The ONNX
-model has serving_default's input and outputs.
+Both return {"probabilities": float32 [None, num_classes], "classes": int64 [None]}, and, for a
+model with class names, "class_name": string [None], the top class's name; the names are also in
+the asset file assets/class_names.txt, one per line (label i on line i + 1), as TF Serving's
+classification examples keep them. The ONNX model has serving_default's input and its
+probabilities and classes, and the class names as a JSON list in its metadata_props
+("class_names").
 
 By default every BatchNorm that directly follows a convolution is folded into it
 (`folding.fold_batch_norms`): type1 keeps only its final BN, preact one per block plus the
@@ -14,8 +18,10 @@ final one, v1 none.
 The command line is fastres-export (commands/export.py).
 """
 
+import json
 import os
 import shutil
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -31,6 +37,7 @@ MODEL_FILE = "model.keras"  # what the recipes save at the end of a run
 ONNX_FILE = "model.onnx"  # in <export-dir>/<version>/, the layout Triton's ONNX backend reads
 ONNX_OPSET = 17
 FORMATS = ("saved_model", "onnx")
+CLASS_NAMES_FILE = "class_names.txt"  # the SavedModel's asset: one class name per line
 
 
 def _probabilities_fn(model):
@@ -174,16 +181,34 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
     _check_version(version)
     serve, served = _serving_function(model, fold_batch_norm)
 
-    archive = keras.export.ExportArchive()
-    archive.track(served)
-    for name, dtype in (("serving_default", tf.uint8), ("serving_float", tf.float32)):
-        archive.add_endpoint(name, tf.function(serve), input_signature=[
-            tf.TensorSpec([None, height, width, 3], dtype, name="images")])
+    names = getattr(model, "class_names", None)
+    with tempfile.TemporaryDirectory() as assets:
+        archive = keras.export.ExportArchive()
+        archive.track(served)
+        if names:
+            # A table read from the names file: the SavedModel keeps the file as its asset.
+            names_file = Path(assets) / CLASS_NAMES_FILE
+            names_file.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+            table = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+                str(names_file), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.string,
+                tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
+            archive.track(table)
+            serve = _naming_top_class(serve, table)
+        for name, dtype in (("serving_default", tf.uint8), ("serving_float", tf.float32)):
+            archive.add_endpoint(name, tf.function(serve), input_signature=[
+                tf.TensorSpec([None, height, width, 3], dtype, name="images")])
 
-    def write(folder):
-        shutil.rmtree(folder)  # the archive writes the folder itself
-        archive.write_out(str(folder), verbose=False)
-    return publish(export_dir, version, write)
+        def write(folder):
+            shutil.rmtree(folder)  # the archive writes the folder itself
+            archive.write_out(str(folder), verbose=False)
+        return publish(export_dir, version, write)
+
+
+def _naming_top_class(serve, table):
+    def serve_with_names(images):
+        outputs = serve(images)
+        return {**outputs, "class_name": table.lookup(outputs["classes"])}
+    return serve_with_names
 
 
 def export_onnx(model: keras.Model, path: str | os.PathLike, fold_batch_norm: bool = True,
@@ -238,6 +263,10 @@ def export_onnx(model: keras.Model, path: str | os.PathLike, fold_batch_norm: bo
         tf_logger.setLevel(level)
     _rename_values(proto.graph, {frozen.inputs[0].name: "images",
                                  **{tensor: name for name, tensor in outputs.items()}})
+    names = getattr(model, "class_names", None)
+    if names:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "class_names", json.dumps(names)
     content = proto.SerializeToString()
     if version is not None:
         return publish(target, version,

@@ -1,8 +1,9 @@
 """Classify image files with an exported SavedModel, without a server (fastres-predict,
 commands/predict.py).
 
-Any image size: images are resized (antialiased) to the model's input. Class names are CIFAR's
-when the model has 10 or 100 classes.
+Any image size: images are resized to the model's input as the training data was
+(`data.folder.decode_image`). Class names are the model's own (the SavedModel's
+assets/class_names.txt); a model exported without names answers with class indices.
 """
 
 from pathlib import Path
@@ -11,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres.console import check_positive_integers
-from keras_fastres.data import CLASS_NAMES
+from keras_fastres.data.folder import decode_image
+from keras_fastres.serving.export import CLASS_NAMES_FILE
 
 
 def find_saved_model(export_dir):
@@ -56,17 +58,21 @@ def load_serving_function(path):
 
 
 def load_image(path, height, width):
-    """uint8 [height, width, 3] pixels of a PNG, JPEG, GIF or BMP file."""
+    """uint8 [height, width, 3] pixels of a PNG, JPEG, GIF or BMP file, resized as the
+    training images of an image folder are."""
     try:
-        image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3,
-                                   expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+        return decode_image(path, height, width)
+    except ValueError as error:
         raise ValueError(f"Cannot read {path}: it is not a PNG, JPEG, GIF or BMP image, or it "
-                         f"is damaged.") from None
-    if tuple(image.shape[:2]) != (height, width):
-        image = tf.image.resize(image, (height, width), antialias=True)
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return image
+                         f"is damaged ({error}).") from None
+
+
+def class_names(saved_model):
+    """The class names exported with the SavedModel at `saved_model`, or None."""
+    names_file = Path(saved_model) / "assets" / CLASS_NAMES_FILE
+    if not names_file.is_file():
+        return None
+    return names_file.read_text(encoding="utf-8").splitlines()
 
 
 def check_image_files(image_paths):
@@ -82,11 +88,12 @@ def predict(export_dir, image_paths, top=3):
     """[(path, [(class name, probability), ...top]), ...] for each image file."""
     check_positive_integers(top=top)
     check_image_files(image_paths)
-    serve = load_serving_function(find_saved_model(export_dir))
+    saved_model = find_saved_model(export_dir)
+    serve = load_serving_function(saved_model)
     height, width = serve.structured_input_signature[1]["images"].shape[1:3]
-    images = tf.stack([load_image(path, height, width) for path in image_paths])
+    images = tf.constant(np.stack([load_image(path, height, width) for path in image_paths]))
     probabilities = serve(images=images)["probabilities"].numpy()
-    names = {len(n): n for n in CLASS_NAMES.values()}.get(probabilities.shape[1])
+    names = class_names(saved_model)
     results = []
     for path, row in zip(image_paths, probabilities):
         best = np.argsort(row)[::-1][:top]

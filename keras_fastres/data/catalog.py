@@ -1,0 +1,125 @@
+"""Any image-classification data set of the TFDS catalog (`--dataset tfds:NAME`): image and label
+from its supervised keys, class names from its label feature, images resized to the asked size
+and made RGB, the splits asked for, or a stratified hold-out of the training split when the
+data set has no test split."""
+
+import logging
+from contextlib import contextmanager
+
+import numpy as np
+import tensorflow as tf
+
+from keras_fastres.data.splits import (DataUnavailableError, ImageData, Split, check_labels,
+                                       holdout, split_by)
+
+PREFIX = "tfds:"
+EXAMPLES = "tfds:svhn_cropped, tfds:fashion_mnist, tfds:eurosat/rgb"
+DEFAULT_TEST_SPLIT = "test"  # held out of the training split when the data set has none
+
+
+@contextmanager
+def _quiet_absl():
+    """TFDS warns (through absl) that an unprepared version folder has no dataset_info.json;
+    the errors here say that, and what to do."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
+def prepared_builder(name, data_dir, download, help_text="", check_network=None):
+    """The TFDS builder of `name`, downloaded and prepared into `data_dir` first if needed (and
+    `download`); `check_network(builder)` may refuse before a download starts."""
+    import tensorflow_datasets as tfds
+
+    try:
+        with _quiet_absl():
+            builder = tfds.builder(name, data_dir=data_dir)
+            prepared = builder.is_prepared()
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataUnavailableError(
+            f"TFDS has no data set named {name!r}; give a name of its catalog "
+            f"(https://www.tensorflow.org/datasets/catalog), e.g. {EXAMPLES}.") from None
+    if not prepared:
+        if not download:
+            raise DataUnavailableError(
+                f"TFDS data set {name!r} is not prepared in {builder.data_dir} and downloading "
+                f"is off. {help_text}".strip())
+        if check_network:
+            check_network(builder)
+        print(f"Downloading and preparing {name} into {builder.data_dir} ...", flush=True)
+        builder.download_and_prepare()
+    return builder
+
+
+def read_split(builder, split, image_size=None):
+    """One split in memory: uint8 RGB images `(N, H, W, 3)`, resized (antialiased) to
+    `image_size` (H, W) when given, and int64 labels."""
+    dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+
+    def rgb(image, label):
+        if image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        image = image[..., :3]
+        if image_size is not None and tuple(image.shape[:2]) != tuple(image_size):
+            image = tf.image.resize(image, image_size, antialias=True)
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        return image, label
+    dataset = dataset.map(rgb, num_parallel_calls=tf.data.AUTOTUNE)
+    images, labels = [], []
+    for image_batch, label_batch in dataset.batch(10_000).as_numpy_iterator():
+        images.append(image_batch)
+        labels.append(label_batch)
+    if not images:
+        raise DataUnavailableError(f"TFDS split {builder.name}/{split} in {builder.data_dir} is "
+                                   f"empty.")
+    return Split(np.concatenate(images), np.concatenate(labels).astype(np.int64))
+
+
+def load_catalog(name, data_dir=None, image_size=(32, 32), train_split="train",
+                 test_split=DEFAULT_TEST_SPLIT, validation_fraction=0.1, download=True):
+    """A TFDS image-classification data set in memory as `ImageData` (name "tfds:NAME").
+
+    Without the test split in the data set (e.g. eurosat has only "train"), a stratified
+    hold-out of `validation_fraction` of the training split (seed 0) is the test split.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = prepared_builder(name, data_dir, download)
+    info = builder.info
+    keys = info.supervised_keys
+    image_feature = info.features[keys[0]] if keys and isinstance(keys[0], str) else None
+    label_feature = info.features[keys[1]] if keys and isinstance(keys[1], str) else None
+    if not (isinstance(image_feature, tfds.features.Image)
+            and isinstance(label_feature, tfds.features.ClassLabel)):
+        raise DataUnavailableError(
+            f"TFDS data set {name!r} is not an image classification data set (its supervised "
+            f"keys {keys} are not an image and a class label); e.g. {EXAMPLES} are.")
+    splits = set(info.splits)  # empty when TFDS does not know them (a mocked data set)
+
+    def missing(split):
+        return bool(splits) and split.split("[")[0] not in splits
+    held_out = missing(test_split)
+    for option, split in (("--train-split", train_split), ("--test-split", test_split)):
+        if missing(split) and not (held_out and split == DEFAULT_TEST_SPLIT):
+            raise DataUnavailableError(f"TFDS data set {name!r} has no split {split!r} "
+                                       f"({option}); it has {sorted(splits)}.")
+    try:
+        train = read_split(builder, train_split, image_size)
+        if held_out:
+            print(f"{name} has no {test_split!r} split: holding out {validation_fraction:.0%} of "
+                  f"{train_split!r} (stratified, seed 0) as the test split.", flush=True)
+            train_index, test_index = holdout(train.labels, validation_fraction)
+            train, test = split_by(train, train_index), split_by(train, test_index)
+        else:
+            test = read_split(builder, test_split, image_size)
+    except (tf.errors.OpError, OSError) as error:
+        raise DataUnavailableError(
+            f"TFDS data set {name!r} in {builder.data_dir} could not be read ({error}). Delete "
+            f"that folder and prepare it again.") from error
+    data = ImageData(PREFIX + name, train, test, tuple(label_feature.names))
+    check_labels(data.name, data)
+    return data

@@ -1,0 +1,274 @@
+"""A folder of images in class subfolders as a data set (`fastres-train --data DIR`,
+`keras_fastres.load_image_folder`):
+
+    DIR/train/<class>/<image>, DIR/test/<class>/<image>   the two splits as given
+    DIR/<class>/<image>                                   a stratified hold-out is the test split
+
+Class names are the folder names in sorted order (label i is the i-th). PNG, JPEG, BMP and GIF
+(its first frame) files are read, at any depth below their class folder; other files are
+ignored. Every image becomes RGB (grayscale and palette converted, alpha dropped) and is resized
+to the asked size (stretched, antialiased). A file that cannot be decoded is skipped and named in
+one warning; so is one whose header declares more than `MAX_PIXELS` pixels (a decompression
+bomb), without being decoded.
+"""
+
+import concurrent.futures
+import hashlib
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from keras_fastres.data.splits import DataUnavailableError, ImageData, Split, holdout
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+MAX_PIXELS = 64 * 2 ** 20  # 64 megapixels: 8192x8192, or a 50-megapixel camera's photo
+SHOWN_SKIPPED = 5  # files named in the warning
+
+
+def image_size_pair(image_size):
+    """(height, width) of an `image_size` given as one int (square) or a pair, checked."""
+    pair = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 4
+                             for s in pair):
+        raise ValueError(f"image size must be one integer (square) or a (height, width) pair, "
+                         f"each at least 4 (the network halves it twice); got {image_size!r}.")
+    return pair
+
+
+def decode_image(path, height, width, max_pixels=MAX_PIXELS):
+    """uint8 `(height, width, 3)` pixels of a PNG, JPEG, BMP or GIF file: RGB, resized with
+    antialiasing. A ValueError saying why when the file cannot be used (it is not such an
+    image, it is damaged, or its header declares more than `max_pixels` pixels)."""
+    try:
+        image = Image.open(path)  # reads the header only
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(_reason(error)) from None
+    with image:
+        columns, rows = image.size
+        if columns * rows > max_pixels:
+            raise ValueError(f"its header declares {columns}x{rows} pixels, more than "
+                             f"{max_pixels:,}: not decoded (a decompression bomb?)")
+        try:
+            image.draft("RGB", (width, height))  # JPEG: decode at a smaller scale, if it can
+            image = image.convert("RGB")
+            if image.size != (width, height):
+                # Pillow's bilinear filter widens with the reduction: antialiased.
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as error:  # Pillow's "damaged"
+            raise ValueError(_reason(error)) from None
+
+
+def _reason(error):
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _class_folders(root):
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_below(folder):
+    found = []
+    for parent, folders, files in os.walk(folder):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        found += [Path(parent, f) for f in sorted(files)
+                  if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]
+    return found
+
+
+def list_images(directory):
+    """The class names and the (path, label) lists of the train and test splits (test None
+    when the folder has no test/ folder), or a DataUnavailableError saying what is wrong."""
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise DataUnavailableError(f"{root} is not a folder; --data needs a folder of class "
+                                   f"folders (DIR/<class>/<images>, or DIR/train/<class>/... and "
+                                   f"DIR/test/<class>/...).")
+    train_root, test_root = root / "train", root / "test"
+    if not train_root.is_dir():
+        if test_root.is_dir():
+            raise DataUnavailableError(f"{root} has a test/ folder but no train/ folder; put the "
+                                       f"training images in {train_root}/<class>/.")
+        train_root, test_root = root, None
+    elif not test_root.is_dir():
+        test_root = None
+    classes = _class_folders(train_root)
+    if not classes:
+        raise DataUnavailableError(
+            f"{train_root} holds no class folders: put each class's images in a folder named "
+            f"after it ({train_root}/<class>/<images>).")
+    names = tuple(folder.name for folder in classes)
+    if len(names) == 1:
+        raise DataUnavailableError(f"{train_root} has a single class folder ({names[0]}); a "
+                                   f"classifier needs two or more.")
+    train = [(path, label) for label, folder in enumerate(classes)
+             for path in _images_below(folder)]
+    counts = np.bincount([label for _, label in train], minlength=len(names))
+    if not counts.any():
+        raise DataUnavailableError(f"The class folders of {train_root} hold no PNG, JPEG, BMP or "
+                                   f"GIF files.")
+    if not counts.all():
+        empty = [names[i] for i in np.flatnonzero(counts == 0)]
+        raise DataUnavailableError(
+            f"Class {empty[0]!r} ({train_root / empty[0]}) has no training images"
+            + (f" (nor have {', '.join(empty[1:4])}{'...' if len(empty) > 4 else ''})"
+               if len(empty) > 1 else "") + "; every class needs some.")
+    if test_root is None:
+        return names, train, None
+    test = []
+    for folder in _class_folders(test_root):
+        if folder.name not in names:
+            raise DataUnavailableError(
+                f"Test class {folder.name!r} ({folder}) is not a training class; the training "
+                f"classes are the folders of {train_root}: {', '.join(names[:10])}"
+                f"{'...' if len(names) > 10 else ''}.")
+        test += [(path, names.index(folder.name)) for path in _images_below(folder)]
+    if not test:
+        raise DataUnavailableError(f"{test_root} holds no images in class folders; remove it to "
+                                   f"hold out part of the training images instead.")
+    return names, train, test
+
+
+def default_max_memory():
+    """Half of the machine's memory, in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def check_memory(count, height, width, max_memory):
+    """A DataUnavailableError when `count` RGB images of height x width (uint8) exceed
+    `max_memory` bytes, naming an image size that would fit."""
+    needed = count * height * width * 3
+    if needed <= max_memory:
+        return
+    scale = math.sqrt(max_memory / needed)
+    smaller = (int(height * scale), int(width * scale))
+    advice = (f"--image-size {smaller[0]}" + (f" {smaller[1]}" if smaller[0] != smaller[1] else "")
+              + " would fit" if min(smaller) >= 4 else "no image size would fit: use fewer images")
+    raise DataUnavailableError(
+        f"{count:,} images at {height}x{width} take {_size(needed)} in memory, more than the "
+        f"budget of {_size(max_memory)} (--max-memory); {advice}, or raise --max-memory.")
+
+
+def _size(count):
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def files_digest(root, train, test):
+    """A fingerprint of which files make up each split (a run resumes only on the same)."""
+    digest = hashlib.sha256()
+    for split, files in (("train", train), ("test", test)):
+        digest.update(split.encode())
+        for path, label in files:
+            digest.update(f"\0{path.relative_to(root)}\0{label}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _decode_all(files, height, width, max_pixels, progress):
+    """The images of `files` in one uint8 array, decoded by a pool of threads (Pillow releases
+    the GIL while it decodes and resizes), and the skipped files with their reasons."""
+    images = np.empty((len(files), height, width, 3), np.uint8)
+    skipped = {}
+
+    def decode(index):
+        try:
+            images[index] = decode_image(files[index][0], height, width, max_pixels)
+        except ValueError as error:
+            skipped[index] = str(error)
+    workers = min(32, (os.cpu_count() or 1) + 2)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for done, _ in enumerate(pool.map(decode, range(len(files))), 1):
+            if done % 256 == 0 or done == len(files):
+                progress(done)
+    keep = np.array([i not in skipped for i in range(len(files))], bool)
+    labels = np.array([label for _, label in files], np.int64)
+    if skipped:
+        images, labels = images[keep], labels[keep]
+    return Split(images, labels), [(files[i][0], skipped[i]) for i in sorted(skipped)]
+
+
+def _progress_printer(total, label):
+    """A progress bar on a terminal; a line at the start and at the end otherwise (stdout, as
+    the training's progress)."""
+    start = time.perf_counter()
+    if sys.stdout.isatty():
+        def show(done):
+            filled = 30 * done // total
+            end = f" in {time.perf_counter() - start:.1f} s\n" if done == total else ""
+            print(f"\r{label}: [{'=' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}{end}",
+                  end="", flush=True)
+    else:
+        print(f"{label}: {total:,} files ...", flush=True)
+
+        def show(done):
+            if done == total:
+                print(f"{label}: done in {time.perf_counter() - start:.1f} s", flush=True)
+    return show
+
+
+def load_image_folder(directory, image_size=32, validation_fraction=0.1, seed=0,
+                      max_memory=None, max_pixels=MAX_PIXELS, progress=True):
+    """Loads a folder of class folders into memory, as `load_cifar` loads CIFAR.
+
+    Args:
+        directory: `DIR/train/<class>/...` and `DIR/test/<class>/...`, or `DIR/<class>/...`
+            alone (then a stratified hold-out is the test split).
+        image_size: an int (square) or (height, width): every image is resized to it.
+        validation_fraction: with class folders only, the part of each class held out as the
+            test split (drawn with `seed`; the same for every run of the same files).
+        seed: the hold-out's seed.
+        max_memory: bytes the decoded images may take (N * H * W * 3); default half of the
+            machine's memory. Checked before any image is decoded.
+        max_pixels: images whose header declares more pixels are skipped, not decoded.
+        progress: show decoding progress on stdout.
+
+    Returns:
+        `ImageData`: `train` and `test` splits of uint8 images `(N, H, W, 3)` and int64 labels
+        `(N,)`, `class_names` (the folder names, sorted), `skipped` ([(path, reason)]) and
+        `files_digest` (which files make up each split).
+
+    Raises:
+        DataUnavailableError: one line saying what is wrong with the folder and what would do.
+    """
+    height, width = image_size_pair(image_size)
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be between 0 and 1, got "
+                         f"{validation_fraction!r}.")
+    root = Path(directory).expanduser()
+    names, train, test = list_images(root)
+    if test is None:
+        train_index, test_index = holdout(np.array([label for _, label in train]),
+                                          validation_fraction, seed)
+        train, test = [train[i] for i in train_index], [train[i] for i in test_index]
+    check_memory(len(train) + len(test), height, width,
+                 default_max_memory() if max_memory is None else max_memory)
+    show = _progress_printer(len(train) + len(test), f"Decoding {root}") if progress else None
+    splits, skipped = [], []
+    with warnings.catch_warnings():  # Pillow's own bomb warning: such files are skipped here
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for files, offset in ((train, 0), (test, len(train))):
+            split, lost = _decode_all(files, height, width, max_pixels,
+                                      (lambda done, o=offset: show(o + done)) if show else
+                                      (lambda done: None))
+            splits.append(split)
+            skipped += lost
+    if skipped:
+        shown = "; ".join(f"{path} ({reason})" for path, reason in skipped[:SHOWN_SKIPPED])
+        print(f"warning: skipped {len(skipped)} of {len(train) + len(test)} image files that "
+              f"could not be used: {shown}{'; ...' if len(skipped) > SHOWN_SKIPPED else ''}",
+              file=sys.stderr, flush=True)
+    data = ImageData(str(root), *splits, names, skipped=[str(path) for path, _ in skipped],
+                     files_digest=files_digest(root, train, test))
+    missing = sorted(set(range(len(names))) - set(np.unique(data.train.labels).tolist()))
+    if missing:  # every training image of a class could not be decoded
+        raise DataUnavailableError(f"Class {names[missing[0]]!r} has no training image that "
+                                   f"could be decoded; every class needs some.")
+    return data

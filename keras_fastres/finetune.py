@@ -1,0 +1,46 @@
+"""Fine-tuning (`fastres-train --init-from RUN_DIR|MODEL.keras`): a new run starts from the
+weights of a trained FastResNet of the same depth, variant and shortcut. Convolutions and BNs
+do not depend on the image size, so they load at any size; a classifier of another class count
+is replaced (newly initialised); the input normalisation is the new data's."""
+
+from pathlib import Path
+
+from keras_fastres.serving.export import load_for_export
+
+KEPT_FROM_NEW_DATA = ("normalization",)  # layers whose values come from the new data
+CLASSIFIER = "predictions"
+
+
+def initialize_from(model, path):
+    """Sets `model`'s weights from the model at `path` (a run folder or a .keras file), layer
+    by layer by name; returns a line saying what was loaded and what replaced. A ValueError
+    when the two networks differ in anything but the classifier's class count."""
+    source = load_for_export(path)
+    layers = {layer.name: layer for layer in _weighted(source)}
+    extra = sorted(set(layers) - {layer.name for layer in _weighted(model)})
+    loaded, replaced = 0, None
+    for layer in _weighted(model):
+        other = layers.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        other_shapes = [tuple(w.shape) for w in other.weights] if other is not None else None
+        if layer.name == CLASSIFIER and other is not None and other_shapes != shapes:
+            replaced = (other_shapes[0][-1], shapes[0][-1])
+            continue
+        if other_shapes != shapes or extra:
+            described = f"ResNet-{model.depth} {model.variant}" if hasattr(model, "depth") else ""
+            raise ValueError(
+                f"--init-from {path}: its network differs from this run's {described} ("
+                + (f"it has layer {extra[0]}, which this one has not" if extra else
+                   f"layer {layer.name}: {'missing' if other is None else other_shapes} vs "
+                   f"{shapes}") + "); fine-tuning needs the same --depth, --variant and "
+                "--shortcut.")
+        layer.set_weights(other.get_weights())
+        loaded += 1
+    classifier = (f"the classifier replaced ({replaced[0]} -> {replaced[1]} classes, newly "
+                  f"initialised)" if replaced else "the classifier included")
+    return f"Initialised from {Path(path)}: {loaded} layers loaded, {classifier}."
+
+
+def _weighted(model):
+    return [layer for layer in model.layers
+            if layer.weights and layer.name not in KEPT_FROM_NEW_DATA]
