@@ -216,3 +216,80 @@ def test_an_unknown_tfds_name_is_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert code == 1 and "TFDS has no data set named 'no_such_set'" in error
     assert error.count("\n") == 1
+
+
+def test_every_format_and_mode_decodes_to_the_same_rgb_pixels(tmp_path):
+    from keras_fastres.data.folder import decode_image
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (6, 10), dtype=np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    Image.fromarray(grey, "L").save(tmp_path / "grey.png")
+    Image.fromarray(rgb).save(tmp_path / "rgb.bmp")
+    rgba = np.concatenate([rgb, np.full((6, 10, 1), 7, np.uint8)], axis=-1)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    frames = [Image.fromarray(grey, "L").convert("P"), Image.new("P", (10, 6), 3)]
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:])
+    for name in ("grey.png", "rgb.bmp", "alpha.png", "animated.gif"):  # GIF: its first frame
+        np.testing.assert_array_equal(decode_image(tmp_path / name, 6, 10), rgb, err_msg=name)
+    Image.fromarray(rgb).save(tmp_path / "photo.jpg", quality=100)
+    assert np.abs(decode_image(tmp_path / "photo.jpg", 6, 10).astype(int) - rgb).max() <= 8
+    # Resized with antialiasing: a checkerboard of single pixels, shrunk 4x, averages to grey.
+    board = (np.indices((32, 32)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    Image.fromarray(board, "L").save(tmp_path / "board.png")
+    assert np.abs(decode_image(tmp_path / "board.png", 8, 8).astype(int) - 128).max() <= 2
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "bomb.png").write_bytes(png_header(10_000, 10_000))
+    (tmp_path / "huge_bomb.png").write_bytes(png_header(20_000, 20_000))  # refused by Pillow
+    for name, reason in (("empty.jpg", "cannot identify image file"),
+                         ("bomb.png", "declares 10000x10000 pixels"),
+                         ("huge_bomb.png", "could be decompression bomb")):
+        with pytest.raises(ValueError, match=reason):
+            decode_image(tmp_path / name, 8, 8)
+
+
+def test_the_hold_out_is_stratified_seeded_and_keeps_every_class_in_training():
+    from keras_fastres.data.splits import holdout
+
+    labels = np.repeat([0, 1, 2], [50, 20, 1])
+    train, test = holdout(labels, 0.1, seed=0)
+    assert np.bincount(labels[test], minlength=3).tolist() == [5, 2, 0]
+    assert sorted([*train, *test]) == list(range(len(labels)))
+    assert np.array_equal(holdout(labels, 0.1, seed=0)[1], test)  # a pure function
+    assert not np.array_equal(holdout(labels, 0.1, seed=1)[1], test)
+
+
+def test_a_folder_with_train_and_test_keeps_its_splits_and_names(tmp_path):
+    from keras_fastres import load_image_folder
+
+    two_splits(tmp_path, {"b_cat": 3, "a_dog": 2}, {"b_cat": 1})
+    (tmp_path / "train" / ".hidden").mkdir()  # not a class
+    loaded = load_image_folder(tmp_path, image_size=(12, 8), progress=False)
+    assert loaded.class_names == ("a_dog", "b_cat")
+    assert loaded.train.images.shape == (5, 12, 8, 3) and loaded.train.images.dtype == np.uint8
+    assert loaded.train.labels.tolist() == [0, 0, 1, 1, 1] and loaded.test.labels.tolist() == [1]
+    assert loaded.train.labels.dtype == np.int64 and loaded.skipped == []
+
+
+def test_the_crop_pads_an_eighth_of_each_side_and_no_flip_flips_nothing():
+    import tensorflow as tf
+
+    from keras_fastres.data import Split, TrainingData, augmentation_draws
+
+    offsets, flips = augmentation_draws(tf.constant([1, 2], tf.int64), 4000, (2, 8))
+    assert offsets[:, 0].numpy().max() == 4 and offsets[:, 1].numpy().max() == 16
+    assert offsets.numpy().min() == 0 and 0.4 < flips.numpy().mean() < 0.6
+    assert not augmentation_draws(tf.constant([1, 2], tf.int64), 100, flip=False)[1].numpy().any()
+    # CIFAR's draws are those of the previous release: offsets in [0, 8] on both axes.
+    cifar, _ = augmentation_draws(tf.constant([1, 2], tf.int64), 4000)
+    assert cifar.numpy().max() == 8
+    # A 16x64 image: pads 2 and 8; without flips every crop is a shifted copy of the image.
+    image = np.arange(16 * 64 * 3).reshape(1, 16, 64, 3) % 251
+    split = Split(np.repeat(image, 8, axis=0).astype(np.uint8), np.arange(8) % 2)
+    pipeline = TrainingData(split, 8, 0, 2, flip=False)
+    assert pipeline.padding == (2, 8)
+    crops, _ = next(iter(pipeline.epoch(0)))
+    padded = np.pad(image[0], ((2, 2), (8, 8), (0, 0)))
+    for crop in crops.numpy():
+        assert any(np.array_equal(crop, padded[r:r + 16, c:c + 64])
+                   for r in range(5) for c in range(17))

@@ -1,5 +1,6 @@
 """fastres-benchmark: training speed of the variants side by side in one process, or the
-serving speed of the exports (--inference), or the input pipeline's (--pipeline).
+serving speed of the exports (--inference), the input pipeline's (--pipeline), or loading a
+folder of images (--loader).
 
     fastres-benchmark                                   # the README's table
     fastres-benchmark --depths 20 --variants preact,type1 --json out.json
@@ -7,7 +8,8 @@ serving speed of the exports (--inference), or the input pipeline's (--pipeline)
     fastres-benchmark --depths 110 --variants type1 --precisions float32,mixed_bfloat16
     KERAS_BACKEND=jax fastres-benchmark --depths 20 --variants type1
     fastres-benchmark --inference                       # ResNet-110 preact, type1
-    fastres-benchmark --pipeline                        # augmentation images/s
+    fastres-benchmark --pipeline                        # augmentation images/s, 32 and 64
+    fastres-benchmark --loader DIR --image-size 64      # image folder decoding images/s
 
 Under KERAS_BACKEND=jax or torch the models train with Keras's own train step on that backend.
 """
@@ -19,8 +21,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from keras_fastres import batch_norm
-from keras_fastres.benchmarks import accelerator, inference, pipeline, training
+from keras_fastres import batch_norm, data
+from keras_fastres.benchmarks import accelerator, inference, loader, pipeline, training
 from keras_fastres.benchmarks.report import format_markdown, format_table, print_progress
 from keras_fastres.config import PRECISIONS
 from keras_fastres.console import HelpFormatter, positive_integer, program, writable_file
@@ -43,7 +45,8 @@ def main(argv=None):
         prog=program("keras_fastres.commands.benchmark"), formatter_class=HelpFormatter,
         description="Training speed of the block variants side by side in one process, with "
                     "FLOPs and the device's matmul peak; or the serving speed of the exports "
-                    "(--inference), or the input pipeline's (--pipeline).")
+                    "(--inference), the input pipeline's (--pipeline), or loading a folder of "
+                    "images (--loader).")
     parser.add_argument("--depths", type=csv_list(int), default=None,
                         help=f"comma-separated (default: {DEPTHS}; with --inference "
                              f"{INFERENCE_DEPTHS})")
@@ -63,8 +66,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="with --report: the same at depth 8, one round (a smoke test)")
     parser.add_argument("--pipeline", action="store_true",
-                        help="time the training input pipeline alone (one epoch of CIFAR-shaped "
-                             "data per round; --batch-size and --rounds apply)")
+                        help="time the training input pipeline alone (one epoch of 50,000 "
+                             "random 32x32 images per round, then of 64x64 ones; --batch-size "
+                             "and --rounds apply)")
+    parser.add_argument("--loader", metavar="DIR",
+                        help="time loading a folder of images into memory (as fastres-train "
+                             "--data DIR; --image-size and --rounds apply)")
+    parser.add_argument("--image-size", type=positive_integer, default=32,
+                        help="with --loader: the size images are resized to")
     parser.add_argument("--batch-size", type=positive_integer, default=BATCH_SIZE,
                         help="images per step")
     parser.add_argument("--rounds", type=positive_integer, default=ROUNDS,
@@ -98,9 +107,14 @@ def main(argv=None):
             print(f"The report{' (quick)' if args.quick else ''}: training speed, steps per "
                   f"call and data placement on this device.", file=sys.stderr)
             report = accelerator.run_report(args.quick, progress=print_progress)
+        elif args.loader:
+            print(f"Benchmarking loading {args.loader} at {args.image_size}x{args.image_size}: "
+                  f"{args.rounds} rounds.", file=sys.stderr)
+            report = loader.run_loader_benchmark(args.loader, args.image_size, args.rounds,
+                                                 progress=print_progress)
         elif args.pipeline:
             print(f"Benchmarking the training pipeline: batch {args.batch_size}, {args.rounds} "
-                  f"epochs of 50,000 images.", file=sys.stderr)
+                  f"epochs of 50,000 images at 32x32, then 64x64.", file=sys.stderr)
             report = pipeline.run_pipeline_benchmark(args.batch_size, args.rounds,
                                                      progress=print_progress)
         elif args.inference:
@@ -120,15 +134,15 @@ def main(argv=None):
                 args.depths, args.variants, args.batch_size, args.rounds, args.steps,
                 precisions=args.precisions, jit_compile=jit, batch_norms=args.batch_norm,
                 steps_per_execution=args.steps_per_execution, progress=print_progress)
-    except (ValueError, ImportError) as error:
+    except (ValueError, ImportError, data.DataUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(file=sys.stderr)
     if report["kind"] == "report":
         text = accelerator.format_report(report)
     else:
-        layout = {"training": training, "inference": inference,
-                  "pipeline": pipeline}[report["kind"]]
+        layout = {"training": training, "inference": inference, "pipeline": pipeline,
+                  "loader": loader}[report["kind"]]
         text = (format_markdown if args.markdown else format_table)(
             report, layout.COLUMNS, layout.summary(report))
     print(text)

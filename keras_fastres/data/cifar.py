@@ -87,6 +87,10 @@ def load_cifar(name="cifar10", source="tfds", data_dir=None, download=True,
         synthetic_size: (train, test) image counts of the synthetic source.
         seed: seed of the synthetic source.
 
+    Returns:
+        `ImageData`: `train` (50,000) and `test` (10,000) splits of uint8 images
+        `(N, 32, 32, 3)` and int64 labels `(N,)`, and CIFAR's `class_names`.
+
     Raises:
         DataUnavailableError: naming the path or name tried and how to provide the data.
     """
