@@ -232,6 +232,8 @@ def test_every_format_and_mode_decodes_to_the_same_rgb_pixels(tmp_path):
     frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:])
     for name in ("grey.png", "rgb.bmp", "alpha.png", "animated.gif"):  # GIF: its first frame
         np.testing.assert_array_equal(decode_image(tmp_path / name, 6, 10), rgb, err_msg=name)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "sixteen_bits.png")
+    np.testing.assert_array_equal(decode_image(tmp_path / "sixteen_bits.png", 6, 10), rgb)
     Image.fromarray(rgb).save(tmp_path / "photo.jpg", quality=100)
     assert np.abs(decode_image(tmp_path / "photo.jpg", 6, 10).astype(int) - rgb).max() <= 8
     # Resized with antialiasing: a checkerboard of single pixels, shrunk 4x, averages to grey.
@@ -293,3 +295,28 @@ def test_the_crop_pads_an_eighth_of_each_side_and_no_flip_flips_nothing():
     for crop in crops.numpy():
         assert any(np.array_equal(crop, padded[r:r + 16, c:c + 64])
                    for r in range(5) for c in range(17))
+
+
+def test_a_run_resumes_only_on_the_same_files(tmp_path, monkeypatch, capsys):
+    from keras_fastres.backup import Backup
+
+    images = class_folders(tmp_path / "images", {"cat": 6, "dog": 6})
+    args = ["--data", str(images), "--image-size", "8", "--depth", "8", "--epochs", "3",
+            "--batch-size", "4", "--output-dir", str(tmp_path / "run")]
+    save = Backup.on_epoch_end
+
+    def killed_after_first_epoch(self, epoch, logs=None):
+        save(self, epoch, logs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Backup, "on_epoch_end", killed_after_first_epoch)
+    assert train_command(args) == 130
+    monkeypatch.setattr(Backup, "on_epoch_end", save)
+    class_folders(tmp_path / "more", {"dog": 1})
+    (tmp_path / "more" / "dog" / "0.png").rename(images / "dog" / "new.png")
+    capsys.readouterr()
+    assert train_command(args) == 2
+    error = capsys.readouterr().err
+    assert "holds an unfinished run of another experiment (data_files" in error
+    (images / "dog" / "new.png").unlink()
+    assert train_command(args) == 0
+    assert "Resuming" in capsys.readouterr().out
