@@ -232,6 +232,7 @@ def _train(config, run_dir, strategy, chief):
         # As the command line writes them ("auto", "none"), where a setting's value is no word.
         **{field.name: option_word(field, getattr(config, field.name))
            for field in dataclasses.fields(config) if field.name not in ("verbose", "output_dir")},
+        "dataset": config.data_name(),  # with --data, the folder's name
         "seed": seed,
         "versions": versions(),
         "device": describe_device(),

@@ -139,18 +139,38 @@ def test_benchmark_recipe_writes_json(tmp_path):
 
 
 def test_pipeline_benchmark_counts_every_image():
-    report = run_pipeline_benchmark(batch_size=64, rounds=2, images=1000)
-    [result] = report["results"]
+    report = run_pipeline_benchmark(batch_size=64, rounds=2, images=1000, image_sizes=(32, 16))
+    result, smaller = report["results"]
     assert (report["kind"], result["images"], result["batch_size"]) == ("pipeline", 1000, 64)
+    assert (result["image_size"], smaller["image_size"]) == (32, 16)
+    assert smaller["images_delivered_per_round"] == [1000, 1000]
     # Counted from the batches the pipeline yielded: 15 full batches of 64 and one of 40.
     assert result["images_delivered"] == 1000
     assert result["images_delivered_per_round"] == [1000, 1000]
     assert len(result["pipeline_images_per_second_per_round"]) == 2
     assert result["pipeline_images_per_second"] == statistics.median(
         result["pipeline_images_per_second_per_round"])
-    assert "pipeline images/s" in table(report, pipeline)
+    assert "pipeline images/s" in table(report, pipeline) and "16x16" in table(report, pipeline)
     with pytest.raises(ValueError, match="rounds must be a positive integer"):
         run_pipeline_benchmark(rounds=0)
+
+
+def test_loader_benchmark_counts_the_images_it_decoded(tmp_path, capsys):
+    from PIL import Image
+
+    from keras_fastres.commands.benchmark import main
+
+    for index in range(12):
+        (tmp_path / f"class{index % 2}").mkdir(exist_ok=True)
+        Image.new("RGB", (64, 64), (index, 0, 0)).save(tmp_path / f"class{index % 2}/{index}.jpg")
+    (tmp_path / "class0" / "broken.jpg").write_bytes(b"no jpeg")
+    assert main(["--loader", str(tmp_path), "--image-size", "16", "--rounds", "2", "--json",
+                 str(tmp_path / "loader.json")]) == 0
+    [result] = json.loads((tmp_path / "loader.json").read_text())["results"]
+    assert (result["images"], result["skipped"], result["image_size"]) == (12, 1, "16x16")
+    assert len(result["loader_images_per_second_per_round"]) == 2
+    assert "loader images/s" in capsys.readouterr().out
+    assert main(["--loader", str(tmp_path / "none")]) == 2
 
 
 def test_a_fraction_above_the_peak_is_never_printed_without_a_warning():

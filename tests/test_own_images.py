@@ -79,7 +79,7 @@ def test_digits_in_a_folder_train_export_predict_and_fine_tune(tmp_path, capsys)
     metrics = json.loads((run / "metrics.json").read_text())
     # A silent bug in labels, class order, normalisation or augmentation keeps it far above.
     assert metrics["test_error"] <= 0.10, metrics["test_error"]
-    assert metrics["class_names"] == sorted(WORDS)
+    assert metrics["class_names"] == sorted(WORDS) and metrics["dataset"] == "digits"
     assert (metrics["train_images"], metrics["test_images"]) == (TRAIN_DIGITS, 397)
     assert metrics["skipped_images"] == 2 and len(metrics["skipped_files"]) == 2
     warning = [line for line in out.err.splitlines() if line.startswith("warning: skipped")]
@@ -101,6 +101,12 @@ def test_digits_in_a_folder_train_export_predict_and_fine_tune(tmp_path, capsys)
     ranked = model.predict(pixels.astype("float32"), verbose=0).argmax(axis=1)
     assert printed == [sorted(WORDS)[i] for i in ranked]
     assert np.mean([name == path.parent.name for name, path in zip(printed, files)]) >= 0.8
+    # The SavedModel itself: the names as its asset and the top class's name as an output.
+    import tensorflow as tf
+    saved = tf.saved_model.load(str(run / "export" / "1"))
+    answer = saved.signatures["serving_default"](images=tf.constant(pixels))
+    assert [name.decode() for name in answer["class_name"].numpy()] == printed
+    assert (run / "export" / "1" / "assets" / "class_names.txt").read_text().split() == sorted(WORDS)
 
     # The ONNX model: the same classes on onnxruntime, the names in its metadata.
     assert export_main(["--model", str(run), "--export-dir", str(tmp_path / "onnx"),
