@@ -326,3 +326,31 @@ def test_a_run_resumes_only_on_the_same_files(tmp_path, monkeypatch, capsys):
     (images / "dog" / "new.png").unlink()
     assert train_command(args) == 0
     assert "Resuming" in capsys.readouterr().out
+
+
+def test_an_interrupted_load_stops_without_decoding_the_rest(tmp_path, monkeypatch):
+    from keras_fastres.data import folder
+
+    class_folders(tmp_path, {"cat": 10, "dog": 10})
+    calls = []
+
+    def interrupted(path, *args):
+        calls.append(path)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(folder, "CHUNK", 1)
+    monkeypatch.setattr(folder, "decode_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        folder.load_image_folder(tmp_path, 8, progress=False)
+    assert 1 <= len(calls) <= 4  # the chunks already running, not the 18 waiting
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image-size", "64", "--synthetic"], "image_size is for --data and tfds:NAME"),
+    (["--dataset", "imagenet"], r"or tfds:NAME .*got 'imagenet'; for a folder .* --data DIR"),
+    (["--dataset", "tfds:mnist", "--source", "archive", "--data-dir", "/tmp"],
+     "source 'archive' is for CIFAR"),
+])
+def test_data_options_for_another_source_are_refused(args, message, tmp_path, capsys):
+    assert train_command([*args, "--output-dir", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error) and error.count("\n") == 1, error

@@ -194,9 +194,12 @@ def _decode_all(files, height, width, max_pixels, progress):
             except ValueError as error:
                 skipped[index] = str(error)
         return min(start + CHUNK, len(files))
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
+    try:
         for done in pool.map(decode, range(0, len(files), CHUNK)):
             progress(done)
+    finally:  # Ctrl-C or SIGTERM: the chunks not started are dropped, not decoded first
+        pool.shutdown(cancel_futures=True)
     keep = np.array([i not in skipped for i in range(len(files))], bool)
     labels = np.array([label for _, label in files], np.int64)
     if skipped:
