@@ -166,7 +166,7 @@ def _train(config, run_dir, strategy, chief):
             config, images.num_classes, synchronized_batch_norm=replicas > 1,
             input_shape=images.image_shape, class_names=list(images.class_names),
             # CIFAR's published statistics; any other data set's computed on its training split
-            normalization=None if data.is_cifar(images.name) else data.channel_statistics(
+            normalization=None if images.name in data.DATASETS else data.channel_statistics(
                 images.train.images))
     mixed = data.mixes_labels(config.extra_augmentation)
     trainer = distribute.Trainer(model, strategy, mixed, jit_compile)

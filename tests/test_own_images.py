@@ -172,6 +172,7 @@ def two_splits(root, train, test):
     (lambda root: class_folders(root, {"cat": 2, "dog": 2}), ["--init-from", "/no/run"],
      "init_from /no/run does not exist"),
     (lambda root: None, [], "is not a folder"),
+    (lambda root: class_folders(root, {"cat": 1, "dog": 1}), [], "leaves no test image"),
 ])
 def test_each_bad_folder_is_one_line_before_any_training(make, extra, message, tmp_path,
                                                           capsys):

@@ -7,10 +7,9 @@
 Class names are the folder names in sorted order (label i is the i-th). PNG, JPEG, BMP and GIF
 (its first frame) files are read, at any depth below their class folder; other files are
 ignored. Every image becomes RGB (grayscale, 16-bit grayscale and palette converted, alpha
-dropped) and is resized
-to the asked size (stretched, antialiased). A file that cannot be decoded is skipped and named in
-one warning; so is one whose header declares more than `MAX_PIXELS` pixels (a decompression
-bomb), without being decoded.
+dropped) and is resized to the asked size (stretched, antialiased). A file that cannot be
+decoded is skipped and named in one warning; so is one whose header declares more than
+`MAX_PIXELS` pixels (a decompression bomb), without being decoded.
 """
 
 import concurrent.futures
@@ -244,11 +243,11 @@ def load_image_folder(directory, image_size=32, validation_fraction=0.1, seed=0,
 
     Returns:
         `ImageData`: `train` and `test` splits of uint8 images `(N, H, W, 3)` and int64 labels
-        `(N,)`, `class_names` (the folder names, sorted), `skipped` ([(path, reason)]) and
-        `files_digest` (which files make up each split).
+        `(N,)`, `class_names` (the folder names, sorted), `skipped` (the paths of the files
+        skipped) and `files_digest` (which files make up each split).
 
     Raises:
-        DataUnavailableError: one line saying what is wrong with the folder and what would do.
+        DataUnavailableError: one line saying what is wrong with the folder and what to do.
     """
     height, width = image_size_pair(image_size)
     if not 0 < validation_fraction < 1:
@@ -277,10 +276,14 @@ def load_image_folder(directory, image_size=32, validation_fraction=0.1, seed=0,
         print(f"warning: skipped {len(skipped)} of {len(train) + len(test)} image files that "
               f"could not be used: {shown}{'; ...' if len(skipped) > SHOWN_SKIPPED else ''}",
               file=sys.stderr, flush=True)
-    data = ImageData(str(root), *splits, names, skipped=[str(path) for path, _ in skipped],
+    data = ImageData(f"folder:{root}", *splits, names, skipped=[str(path) for path, _ in skipped],
                      files_digest=files_digest(root, train, test))
     missing = sorted(set(range(len(names))) - set(np.unique(data.train.labels).tolist()))
     if missing:  # every training image of a class could not be decoded
         raise DataUnavailableError(f"Class {names[missing[0]]!r} has no training image that "
                                    f"could be decoded; every class needs some.")
+    if not len(data.test.labels):
+        raise DataUnavailableError(
+            f"{root} leaves no test image (every class has a single image, or no test image "
+            f"could be decoded); add images, or a test/ folder beside train/.")
     return data
