@@ -72,7 +72,7 @@ def test_digits_in_a_folder_train_export_predict_and_fine_tune(tmp_path, capsys)
     (root / "train" / "six" / "bomb.png").write_bytes(png_header(10_000, 10_000))
     run = tmp_path / "run"
     code = train_command(["--data", str(root), "--no-flip", "--image-size", "16", "--depth", "8",
-                          "--epochs", "15", "--batch-size", "64", "--seed", "0", "--output-dir",
+                          "--epochs", "10", "--batch-size", "64", "--seed", "0", "--output-dir",
                           str(run), "--export"])
     out = capsys.readouterr()
     assert code == 0, out.err
