@@ -246,6 +246,9 @@ def _check_data_settings(config):
         if config.dataset != TrainConfig.dataset:
             raise ValueError(f"data and dataset are two data sets; give --data {config.data} "
                              f"or --dataset {config.dataset}, not both.")
+        if config.data_dir:
+            raise ValueError("data_dir is where TFDS and the CIFAR archives are; --data reads "
+                             "its own folder: drop --data-dir.")
         if not Path(config.data).is_dir():
             raise ValueError(f"data {config.data} is not a folder; give a folder of class "
                              f"folders (DIR/<class>/<images>).")

@@ -350,6 +350,7 @@ def test_an_interrupted_load_stops_without_decoding_the_rest(tmp_path, monkeypat
     (["--dataset", "imagenet"], r"or tfds:NAME .*got 'imagenet'; for a folder .* --data DIR"),
     (["--dataset", "tfds:mnist", "--source", "archive", "--data-dir", "/tmp"],
      "source 'archive' is for CIFAR"),
+    (["--data", "/tmp", "--data-dir", "/tmp"], "--data reads its own folder: drop --data-dir"),
 ])
 def test_data_options_for_another_source_are_refused(args, message, tmp_path, capsys):
     assert train_command([*args, "--output-dir", str(tmp_path / "run")]) == 2
