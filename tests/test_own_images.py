@@ -356,3 +356,26 @@ def test_data_options_for_another_source_are_refused(args, message, tmp_path, ca
     assert train_command([*args, "--output-dir", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err
     assert re.search(message, error) and error.count("\n") == 1, error
+
+
+def test_a_tfds_set_without_a_test_split_holds_one_out(tmp_path, capsys):
+    """eurosat/rgb has only "train" (its split metadata stood in for: the mock has none)."""
+    from unittest import mock
+
+    import tensorflow_datasets as tfds
+
+    from keras_fastres.data import load_catalog
+
+    only_train = mock.patch.object(tfds.core.DatasetInfo, "splits",
+                                   new_callable=mock.PropertyMock,
+                                   return_value={"train": mock.MagicMock(num_bytes=0)})
+    with tfds.testing.mock_data(num_examples=40), only_train:
+        loaded = load_catalog("eurosat/rgb", str(tmp_path), image_size=(16, 16))
+        assert (len(loaded.train.labels), len(loaded.test.labels)) == (
+            40 - len(loaded.test.labels), len(loaded.test.labels))
+        assert 1 <= len(loaded.test.labels) <= 10 and loaded.train.images.shape[1:] == (16, 16, 3)
+        assert loaded.class_names[0] == "AnnualCrop"
+        assert "has no 'test' split: holding out 10%" in capsys.readouterr().out
+        with pytest.raises(Exception, match=r"no split 'validation' \(--test-split\); it has "
+                                            r"\['train'\]"):
+            load_catalog("eurosat/rgb", str(tmp_path), test_split="validation")
