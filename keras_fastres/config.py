@@ -19,7 +19,8 @@ import keras
 
 from keras_fastres import batch_norm, blocks, distribute, models
 from keras_fastres.data import (EXTRA_AUGMENTATIONS, SOURCES, TFDS_PREFIX, check_dataset_name,
-                                is_cifar, mixes_labels)
+                                check_validation_fraction, image_size_pair, is_cifar,
+                                mixes_labels)
 from keras_fastres.machine import resolve_jit_compile
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -255,17 +256,10 @@ def _check_data_settings(config):
     if own_images and config.source != TrainConfig.source:
         raise ValueError(f"source {config.source!r} is for CIFAR; --data and tfds:NAME read "
                          f"their own images.")
-    if not own_images and tuple(config.image_size) != (32,) and \
-            tuple(config.image_size) != (32, 32):
+    if image_size_pair(config.image_size) != (32, 32) and not own_images:
         raise ValueError(f"image_size is for --data and tfds:NAME; CIFAR's images are 32x32 "
                          f"(got {list(config.image_size)}).")
-    if not 1 <= len(config.image_size) <= 2 or min(config.image_size) < 4:
-        raise ValueError(f"image_size must be H or H W, each at least 4 (the network halves "
-                         f"it twice), got {list(config.image_size)}.")
-    if not (isinstance(config.validation_fraction, (int, float))
-            and 0 < config.validation_fraction < 1):
-        raise ValueError(f"validation_fraction must be between 0 and 1, got "
-                         f"{config.validation_fraction!r}.")
+    check_validation_fraction(config.validation_fraction)
     if config.max_memory is not None and not config.max_memory > 0:
         raise ValueError(f"max_memory must be a positive number of GiB, got "
                          f"{config.max_memory!r}.")

@@ -17,7 +17,7 @@ from keras_fastres.data.pipeline import (EXTRA_AUGMENTATIONS, TrainingData, augm
                                          check_extra_augmentation, crop_and_flip, mixes_labels,
                                          test_dataset)
 from keras_fastres.data.splits import (DataUnavailableError, ImageData, Split,
-                                       channel_statistics)
+                                       channel_statistics, check_validation_fraction)
 
 
 def is_cifar(dataset):
@@ -36,8 +36,7 @@ def check_dataset_name(dataset):
 def load(config, seed):
     """The data set a training configuration names (config.py's TrainConfig): its --data
     folder, its TFDS catalog data set, or CIFAR from its source."""
-    size = config.image_size[0] if len(config.image_size) == 1 else tuple(config.image_size)
-    size = image_size_pair(size)
+    size = image_size_pair(config.image_size)
     if config.data:
         max_memory = None if config.max_memory is None else int(config.max_memory * 2 ** 30)
         return load_image_folder(config.data, size, config.validation_fraction,

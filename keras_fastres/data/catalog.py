@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres.data.splits import (DataUnavailableError, ImageData, Split, check_labels,
-                                       holdout, split_by)
+                                       check_validation_fraction, holdout, split_by)
 
 PREFIX = "tfds:"
 EXAMPLES = "tfds:svhn_cropped, tfds:fashion_mnist, tfds:eurosat/rgb"
@@ -88,6 +88,7 @@ def load_catalog(name, data_dir=None, image_size=(32, 32), train_split="train",
     """
     import tensorflow_datasets as tfds
 
+    check_validation_fraction(validation_fraction)
     builder = prepared_builder(name, data_dir, download)
     info = builder.info
     keys = info.supervised_keys

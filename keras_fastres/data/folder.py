@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from keras_fastres.data.splits import DataUnavailableError, ImageData, Split, holdout
+from keras_fastres.data.splits import (DataUnavailableError, ImageData, Split,
+                                       check_validation_fraction, holdout)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_PIXELS = 64 * 2 ** 20  # 64 megapixels: 8192x8192, or a 50-megapixel camera's photo
@@ -33,8 +34,10 @@ CHUNK = 64  # files per decoding task
 
 
 def image_size_pair(image_size):
-    """(height, width) of an `image_size` given as one int (square) or a pair, checked."""
-    pair = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    """(height, width) of an `image_size` given as one int or a one-item sequence (square), or a
+    (height, width) pair (`--image-size H [W]`), checked."""
+    pair = (image_size,) if isinstance(image_size, int) else tuple(image_size)
+    pair = pair * 2 if len(pair) == 1 else pair
     if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 4
                              for s in pair):
         raise ValueError(f"image size must be one integer (square) or a (height, width) pair, "
@@ -250,9 +253,7 @@ def load_image_folder(directory, image_size=32, validation_fraction=0.1, seed=0,
         DataUnavailableError: one line saying what is wrong with the folder and what to do.
     """
     height, width = image_size_pair(image_size)
-    if not 0 < validation_fraction < 1:
-        raise ValueError(f"validation_fraction must be between 0 and 1, got "
-                         f"{validation_fraction!r}.")
+    check_validation_fraction(validation_fraction)
     root = Path(directory).expanduser()
     names, train, test = list_images(root)
     if test is None:

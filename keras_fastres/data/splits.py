@@ -39,6 +39,12 @@ class ImageData:
         return tuple(self.train.images.shape[1:])
 
 
+def check_validation_fraction(fraction):
+    """A ValueError unless the hold-out fraction is a number strictly between 0 and 1."""
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        raise ValueError(f"validation_fraction must be between 0 and 1, got {fraction!r}.")
+
+
 def holdout(labels, fraction, seed=0):
     """Indices (train, test) of a stratified hold-out: `fraction` of each class's examples
     (rounded, at least one when the class has two or more, never all of them) drawn with
