@@ -18,6 +18,8 @@ def initialize_from(model, path):
     source = load_for_export(path)
     layers = {layer.name: layer for layer in _weighted(source)}
     extra = sorted(set(layers) - {layer.name for layer in _weighted(model)})
+    if extra:
+        raise _differs(model, path, f"it has layer {extra[0]}, which this one has not")
     loaded, replaced = 0, None
     for layer in _weighted(model):
         other = layers.get(layer.name)
@@ -26,14 +28,9 @@ def initialize_from(model, path):
         if layer.name == CLASSIFIER and other is not None and other_shapes != shapes:
             replaced = (other_shapes[0][-1], shapes[0][-1])
             continue
-        if other_shapes != shapes or extra:
-            described = f"ResNet-{model.depth} {model.variant}" if hasattr(model, "depth") else ""
-            raise ValueError(
-                f"--init-from {path}: its network differs from this run's {described} ("
-                + (f"it has layer {extra[0]}, which this one has not" if extra else
-                   f"layer {layer.name}: {'missing' if other is None else other_shapes} vs "
-                   f"{shapes}") + "); fine-tuning needs the same --depth, --variant and "
-                "--shortcut.")
+        if other_shapes != shapes:
+            found = "missing" if other is None else other_shapes
+            raise _differs(model, path, f"layer {layer.name}: {found} vs {shapes}")
         layer.set_weights(other.get_weights())
         loaded += 1
     classifier = (f"the classifier replaced ({replaced[0]} -> {replaced[1]} classes, newly "
@@ -44,3 +41,9 @@ def initialize_from(model, path):
 def _weighted(model):
     return [layer for layer in model.layers
             if layer.weights and layer.name not in KEPT_FROM_NEW_DATA]
+
+
+def _differs(model, path, what):
+    described = f"ResNet-{model.depth} {model.variant}" if hasattr(model, "depth") else ""
+    return ValueError(f"--init-from {path}: its network differs from this run's {described} "
+                      f"({what}); fine-tuning needs the same --depth, --variant and --shortcut.")

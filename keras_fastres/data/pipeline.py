@@ -107,10 +107,11 @@ class TrainingData:
 
     Epoch e shuffles with a permutation drawn from (seed, e) and cuts it into global batches of
     `batch_size` (the last one shorter). Batch b is augmented as the paper does (zero padding
-    of an eighth of the side, a random HxW crop, a horizontal flip unless `flip` is off) with offsets and flips drawn from (seed, e, b) for the
-    whole global batch; a pipeline that feeds some replicas of a distributed run gathers and
-    augments only their shares of it (`epoch(e, first_share, shares, total_shares)`), so N
-    replicas together see exactly the batch one device would. Batches are built in parallel
+    of an eighth of the side, a random HxW crop, a horizontal flip unless `flip` is off) with
+    offsets and flips drawn from (seed, e, b) for the whole global batch; a pipeline that
+    feeds some replicas of a distributed run gathers and augments only their shares of it
+    (`epoch(e, first_share, shares, total_shares)`), so N replicas together see exactly the
+    batch one device would. Batches are built in parallel
     (tf.data keeps their order). The optional extra augmentations (RandAugment per image,
     MixUp and CutMix per share) run after, in order, in Keras layers seeded per epoch.
 
