@@ -56,18 +56,21 @@ class BatchNorm(layers.BatchNormalization):
 
     Args:
         implementation: "auto" (default), "fused" or "keras"; see the module docstring.
+        folded: True for a BN already folded into the convolution before it (`fold_into`): it
+            adds `beta`, now that convolution's bias, and refuses to train. Recorded in the
+            config, so a folded model saves and loads as folded. False by default.
         **kwargs: those of `keras.layers.BatchNormalization`.
 
     Same input and output shape; same variables (gamma, beta, moving_mean, moving_variance) in
     both implementations.
     """
 
-    def __init__(self, implementation: str = "auto", **kwargs):
+    def __init__(self, implementation: str = "auto", folded: bool = False, **kwargs):
         check_implementation(implementation)
         super().__init__(**kwargs)
         self.implementation = implementation
         self.fused = False
-        self.folded = False
+        self.folded = folded
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -82,9 +85,9 @@ class BatchNorm(layers.BatchNormalization):
         output it normalises: gamma * (conv(x) - mean) / sqrt(variance + eps) + beta equals
         conv'(x) + bias with conv's kernel scaled per output channel by
         s = gamma / sqrt(variance + eps) and bias = beta - mean * s. The kernel is scaled here
-        and this layer keeps only the bias (in `beta`) and adds it: one BiasAdd, which
-        TensorFlow fuses into the convolution. For an inference copy of a model (export.py):
-        a folded layer refuses to train. TensorFlow backend."""
+        and this layer keeps only the bias (in `beta`) and adds it: on TensorFlow one BiasAdd,
+        which it fuses into the convolution. For an inference copy of a model
+        (`fold_batch_norms`): a folded layer refuses to train. Every backend."""
         if self.folded:
             raise ValueError(f"BN layer {self.name} is already folded.")
         if getattr(conv, "use_bias", True) or conv.kernel.shape[-1] != self.gamma.shape[0]:
@@ -100,8 +103,11 @@ class BatchNorm(layers.BatchNormalization):
             if training:
                 raise ValueError(f"BN layer {self.name} is folded into the convolution before "
                                  f"it, for inference only; train the unfolded model.")
-            import tensorflow as tf
-            return tf.nn.bias_add(inputs, tf.cast(self.beta, inputs.dtype))
+            bias = keras.ops.cast(self.beta, inputs.dtype)
+            if keras.backend.backend() == "tensorflow":  # BiasAdd, which fuses into the conv
+                import tensorflow as tf
+                return tf.nn.bias_add(inputs, bias)
+            return inputs + bias
         if not self.fused or mask is not None:
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf  # only reached on the TensorFlow backend
@@ -124,13 +130,14 @@ class BatchNorm(layers.BatchNormalization):
         return outputs
 
     def get_config(self):
-        return {**super().get_config(), "implementation": self.implementation}
+        return {**super().get_config(), "implementation": self.implementation,
+                "folded": self.folded}
 
 
-def bn_layer(name, implementation="auto", synchronized=False, dtype=None):
+def bn_layer(name, implementation="auto", synchronized=False, dtype=None, folded=False):
     """The package's BN with the reference networks' momentum and epsilon. `synchronized`
     computes the batch statistics over all replicas of a tf.distribute strategy (TensorFlow
     backend only, Keras's path), so that several devices train as one device with the global
-    batch would."""
-    return BatchNorm(implementation, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+    batch would. `folded`: see `BatchNorm`."""
+    return BatchNorm(implementation, folded, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                      synchronized=synchronized, dtype=dtype, name=name)

@@ -56,13 +56,17 @@ class ResidualBlock(layers.Layer):
             (see `batch_norm.bn_layer`); False by default.
         batch_norm: "auto" (TensorFlow's fused kernel where it runs, the default), "fused" or
             "keras" (see `keras_fastres.batch_norm`).
+        folded: True for the inference form `fold_batch_norms` makes: each BN of
+            `conv_bn_pairs` is folded into its convolution (it adds a bias) and the block
+            refuses to train. False by default.
 
     Input `(batch, H, W, C)`; output `(batch, ceil(H / strides), ceil(W / strides), filters)`.
     """
 
     def __init__(self, filters: int, strides: int = 1, shortcut: str = "A",
                  drop_path_rate: float = 0.0, weight_decay: float = 1e-4,
-                 synchronized_batch_norm: bool = False, batch_norm: str = "auto", **kwargs):
+                 synchronized_batch_norm: bool = False, batch_norm: str = "auto",
+                 folded: bool = False, **kwargs):
         super().__init__(**kwargs)
         check_implementation(batch_norm)
         if shortcut not in SHORTCUTS:
@@ -78,6 +82,7 @@ class ResidualBlock(layers.Layer):
         self.weight_decay = weight_decay
         self.synchronized_batch_norm = synchronized_batch_norm
         self.batch_norm = batch_norm
+        self.folded = folded
         if drop_path_rate > 0:
             self.seed_generator = keras.random.SeedGenerator()
 
@@ -89,7 +94,9 @@ class ResidualBlock(layers.Layer):
             dtype=self.dtype_policy, name=name)
 
     def norm(self, name):
-        return bn_layer(name, self.batch_norm, self.synchronized_batch_norm, self.dtype_policy)
+        folded = self.folded and any(bn == name for _, bn in self.conv_bn_pairs)
+        return bn_layer(name, self.batch_norm, self.synchronized_batch_norm, self.dtype_policy,
+                        folded)
 
     def build(self, input_shape):
         self.projection = None
@@ -136,7 +143,7 @@ class ResidualBlock(layers.Layer):
         config.update(filters=self.filters, strides=self.strides, shortcut=self.shortcut,
                       drop_path_rate=self.drop_path_rate, weight_decay=self.weight_decay,
                       synchronized_batch_norm=self.synchronized_batch_norm,
-                      batch_norm=self.batch_norm)
+                      batch_norm=self.batch_norm, folded=self.folded)
         return config
 
 
