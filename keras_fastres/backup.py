@@ -16,19 +16,20 @@ import math
 import os
 import re
 import shutil
-import sys
+import warnings
 from pathlib import Path
 
 import keras
 
 from keras_fastres import files
+from keras_fastres.errors import DamagedFile, FastResWarning, summary
 
 GENERATION = re.compile(r"epoch-(\d+)")
 KEEP = 2  # the newest generation and the one before it
 WEIGHTS, STATE = "model.weights.h5", "state.json"
 
 
-class BackupUnusable(ValueError):
+class BackupUnusable(DamagedFile):
     """A backup exists but no generation of it can be loaded."""
 
 
@@ -72,7 +73,7 @@ class Backup(keras.callbacks.Callback):
                     check_state(state, number)
                     self._usable.append((folder, state))
                 except (OSError, ValueError, KeyError, TypeError) as error:
-                    self._damaged.append(f"{folder / STATE}: {describe(error)}")
+                    self._damaged.append(f"{folder / STATE}: {summary(error)}")
         return self._usable
 
     def stored_experiment(self):
@@ -86,11 +87,11 @@ class Backup(keras.callbacks.Callback):
             try:
                 model.load_weights(folder / WEIGHTS)
             except Exception as error:  # h5py's OSError, Keras's ValueError, ...
-                damaged.append(f"{folder / WEIGHTS}: {describe(error)}")
+                damaged.append(f"{folder / WEIGHTS}: {summary(error)}")
                 continue
             if damaged:
-                print(f"warning: damaged backup skipped ({'; '.join(damaged)}); continuing "
-                      f"from {folder.name} instead.", file=sys.stderr, flush=True)
+                warnings.warn(f"damaged backup skipped ({'; '.join(damaged)}); continuing "
+                              f"from {folder.name} instead.", FastResWarning, stacklevel=2)
             return state["finished_epochs"]
         if damaged:
             raise BackupUnusable(
@@ -132,7 +133,7 @@ class Backup(keras.callbacks.Callback):
         except OSError as error:
             shutil.rmtree(temporary, ignore_errors=True)
             raise OSError(f"Could not write the backup of epoch {finished_epochs} in "
-                          f"{temporary}: {error.strerror or describe(error)}. Make room (or "
+                          f"{temporary}: {summary(error)}. Make room (or "
                           f"fix the folder) and run the same command again: the run "
                           f"continues from its last backup.") from None
         shutil.rmtree(target, ignore_errors=True)  # a damaged one this run is redoing
@@ -168,9 +169,3 @@ def sync(path):
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def describe(error):
-    """An exception as one short line."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else 'no detail'}"

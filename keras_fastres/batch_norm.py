@@ -65,7 +65,7 @@ class BatchNorm(layers.BatchNormalization):
     both implementations.
     """
 
-    def __init__(self, implementation: str = "auto", folded: bool = False, **kwargs):
+    def __init__(self, implementation: str = "auto", folded: bool = False, **kwargs) -> None:
         check_implementation(implementation)
         super().__init__(**kwargs)
         self.implementation = implementation

@@ -66,7 +66,7 @@ class ResidualBlock(layers.Layer):
     def __init__(self, filters: int, strides: int = 1, shortcut: str = "A",
                  drop_path_rate: float = 0.0, weight_decay: float = 1e-4,
                  synchronized_batch_norm: bool = False, batch_norm: str = "auto",
-                 folded: bool = False, **kwargs):
+                 folded: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         check_implementation(batch_norm)
         if shortcut not in SHORTCUTS:

@@ -3,13 +3,14 @@
 import csv
 import math
 import os
-import sys
 import time
+import warnings
 from pathlib import Path
 
 import keras
 
 from keras_fastres import files
+from keras_fastres.errors import FastResWarning
 
 # The paper (after He et al. 2015): 0.1, divided by 10 at 50% and at 75% of training.
 MILESTONES = (0.5, 0.75)
@@ -108,9 +109,9 @@ class HistoryCSV(keras.callbacks.Callback):
         kept = [r for r in self.rows if int(r["epoch"]) <= epoch]
         lost = sorted({int(r["epoch"]) for r in kept} - {int(r["epoch"]) for r in on_disk})
         if lost:
-            print(f"warning: {self.path} lost the rows of epochs {lost[0]}-{lost[-1]} during "
-                  f"the run (deleted or edited); writing them again.", file=sys.stderr,
-                  flush=True)
+            warnings.warn(f"{self.path} lost the rows of epochs {lost[0]}-{lost[-1]} during "
+                          f"the run (deleted or edited); writing them again.", FastResWarning,
+                          stacklevel=2)
         self.rows = kept + [row]
         _write_history(self.path, self.rows)
 

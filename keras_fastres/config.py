@@ -18,9 +18,16 @@ from pathlib import Path
 import keras
 
 from keras_fastres import batch_norm, blocks, distribute, models
-from keras_fastres.data import (EXTRA_AUGMENTATIONS, SOURCES, TFDS_PREFIX, check_dataset_name,
-                                check_validation_fraction, image_size_pair, is_cifar,
-                                mixes_labels)
+from keras_fastres.data import (
+    EXTRA_AUGMENTATIONS,
+    SOURCES,
+    TFDS_PREFIX,
+    check_dataset_name,
+    check_validation_fraction,
+    image_size_pair,
+    is_cifar,
+    mixes_labels,
+)
 from keras_fastres.machine import resolve_jit_compile
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -276,24 +283,53 @@ def scaled_learning_rate(config):
     return config.learning_rate
 
 
+def check_parallel_settings(replicas: int, jit_compile: bool, precision: str,
+                            gpus: bool) -> None:
+    """A ValueError for the combinations of replicas, XLA and precision that cannot train."""
+    if jit_compile and replicas > 1 and precision == "mixed_float16":
+        raise ValueError(
+            "mixed_float16 with XLA on several replicas crashes in Keras's LossScaleOptimizer "
+            "(keras-team/keras#21366); use --precision mixed_bfloat16 or --jit-compile off.")
+    if jit_compile and replicas > 1 and not gpus:
+        # Measured here: XLA on CPUs implements no cross-replica collectives (TensorFlow
+        # b/194942685), and logical CPU replicas read variables placed on another device.
+        raise ValueError(
+            "XLA cannot compile a training step that spans several CPU replicas or CPU "
+            "workers in TensorFlow; use --jit-compile off (the default on CPUs).")
+
+
+def check_last_batches(split_sizes: dict, batch_size: int, replicas: int) -> None:
+    """A ValueError when the last batch of a split ({name: images}) holds fewer images than
+    there are replicas: a replica with no image fails inside TensorFlow."""
+    for split_name, size in split_sizes.items():
+        last = size % batch_size
+        if 0 < last < replicas:
+            raise ValueError(
+                f"The last {split_name} batch holds {last} of the {size} images, fewer than "
+                f"the {replicas} replicas, and each replica needs one; choose a --batch-size "
+                f"that leaves no remainder, or a remainder of at least {replicas}.")
+
+
 def build_and_compile(config, num_classes, synchronized_batch_norm=False, input_shape=(32, 32, 3),
-                      normalization=None, class_names=None):
+                      normalization="auto", class_names=None):
     """The model of `config` with the paper's optimiser: SGD, Nesterov momentum, weight decay
     as L2 in the layers (gradient term weight_decay * w), in `config.precision`. Keras wraps
-    the optimiser in a LossScaleOptimizer under mixed_float16. `normalization` defaults to
-    the statistics of config.dataset (CIFAR's); other data sets pass their own."""
+    the optimiser in a LossScaleOptimizer under mixed_float16. The loss is chosen here, once:
+    categorical cross-entropy when an extra augmentation mixes labels, sparse otherwise (the
+    Trainer takes the compiled one). `normalization` is FastResNet's: "auto" (CIFAR's, by
+    the class count), a CIFAR name, or (mean, std) of the training images."""
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}.")
     model = models.FastResNet(
         config.depth, config.variant, num_classes=num_classes, shortcut=config.shortcut,
         drop_path_rate=config.drop_path_rate, weight_decay=config.weight_decay,
-        input_shape=input_shape, normalization=normalization or config.dataset,
+        input_shape=input_shape, normalization=normalization,
         class_names=class_names, synchronized_batch_norm=synchronized_batch_norm,
         batch_norm=config.batch_norm, dtype=config.precision)
     model.compile(
         optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum,
                                        nesterov=True),
-        loss=("categorical_crossentropy" if mixes_labels(config.extra_augmentation)
-              else "sparse_categorical_crossentropy"),
+        loss=(keras.losses.CategoricalCrossentropy() if mixes_labels(config.extra_augmentation)
+              else keras.losses.SparseCategoricalCrossentropy()),
         metrics=["accuracy"], jit_compile=resolve_jit_compile(config.jit_compile))
     return model

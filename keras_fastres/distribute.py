@@ -38,9 +38,7 @@ def make_strategy(name="auto", cpu_replicas=None, cluster_timeout=300.0):
     if cpu_replicas:
         if name != "mirrored":
             raise ValueError("cpu_replicas is for strategy 'mirrored' only.")
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+        _split_cpu(cpu_replicas)
     if name == "multi-worker":  # before anything else starts TensorFlow's runtime
         return _join_cluster(cluster_timeout)
     gpus = tf.config.list_logical_devices("GPU")
@@ -50,6 +48,24 @@ def make_strategy(name="auto", cpu_replicas=None, cluster_timeout=300.0):
     if name == "one-device" or len(gpus) < 2:
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     return tf.distribute.MirroredStrategy()
+
+
+def _split_cpu(replicas):
+    """The CPU as `replicas` logical devices. TensorFlow fixes its devices when its runtime
+    starts: a process (a notebook, a second run) that already has that many keeps them, and one
+    that has another number gets a ValueError saying so."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    configured = tf.config.get_logical_device_configuration(cpu)
+    if configured is not None and len(configured) == replicas:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    except RuntimeError:  # "Virtual devices cannot be modified after being initialized"
+        have = len(tf.config.list_logical_devices("CPU"))
+        raise ValueError(f"cpu_replicas={replicas}, but TensorFlow already runs on {have} CPU "
+                         f"device(s) in this process and cannot change that; start a new "
+                         f"process for another number.") from None
 
 
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -145,26 +161,30 @@ def is_chief(strategy):
 class Trainer:
     """The compiled distributed steps of one model: train on a dataset epoch by epoch with
     callbacks, and evaluate. The model must have been built and compiled under
-    `strategy.scope()`; its optimizer is used. The loss minimised is the cross-entropy plus
-    the layers' weight-decay penalties; the "loss" reported is the mean cross-entropy alone,
-    with "accuracy"."""
+    `strategy.scope()`; its optimizer and its loss (a sparse or a categorical cross-entropy)
+    are used. The loss minimised is that cross-entropy plus the layers' weight-decay penalties;
+    the "loss" reported is the mean cross-entropy alone, with "accuracy"."""
 
-    def __init__(self, model, strategy, one_hot_labels=False, jit_compile=False):
+    def __init__(self, model, strategy, jit_compile=False):
         self.model, self.strategy = model, strategy
-        loss_class = (keras.losses.CategoricalCrossentropy if one_hot_labels
-                      else keras.losses.SparseCategoricalCrossentropy)
-        self.per_example_loss = loss_class(reduction=None)
-        accuracy_class = (keras.metrics.CategoricalAccuracy if one_hot_labels
+        one_hot = isinstance(model.loss, keras.losses.CategoricalCrossentropy)
+        if not one_hot and not isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy):
+            raise ValueError(f"Trainer needs a model compiled with a cross-entropy loss "
+                             f"object; got {model.loss!r}.")
+        self.per_example_loss = type(model.loss)(reduction=None)
+        accuracy_class = (keras.metrics.CategoricalAccuracy if one_hot
                           else keras.metrics.SparseCategoricalAccuracy)
         with strategy.scope():
             self.loss = keras.metrics.Mean(name="loss")
             self.accuracy = accuracy_class(name="accuracy")
             model.optimizer.build(model.trainable_variables)
-        self._train_step = tf.function(self._replica_train_step, jit_compile=jit_compile)
-        self._test_step = tf.function(self._replica_test_step, jit_compile=jit_compile)
+        # Per replica: one step on its share of a batch (plain, and compiled for strategy.run).
+        self._compiled_step = tf.function(self._step, jit_compile=jit_compile)
+        self._compiled_test_step = tf.function(self._test_step, jit_compile=jit_compile)
+        # Per call: several steps, their batches from tf.data or computed on the device.
         self._device_steps = tf.function(self._device_steps_fn, jit_compile=jit_compile)
 
-    def _replica_train_step(self, images, labels):
+    def _step(self, images, labels):
         model = self.model
         images = tf.cast(images, tf.float32)  # the pipelines deliver raw uint8 pixels
         with tf.GradientTape() as tape:
@@ -180,7 +200,7 @@ class Trainer:
         self.loss.update_state(per_example)
         self.accuracy.update_state(labels, predictions)
 
-    def _replica_test_step(self, images, labels):
+    def _test_step(self, images, labels):
         predictions = self.model(tf.cast(images, tf.float32), training=False)
         self.loss.update_state(self.per_example_loss(labels, predictions))
         self.accuracy.update_state(labels, predictions)
@@ -189,7 +209,7 @@ class Trainer:
     def train_steps(self, iterator, steps):
         """`steps` training steps in one call, on batches from a distributed iterator."""
         for _ in tf.range(steps):
-            self.strategy.run(self._train_step, args=next(iterator))
+            self.strategy.run(self._compiled_step, args=next(iterator))
 
     def _device_steps_fn(self, first, steps, order, key, arrays, train_data, size):
         """`steps` training steps in one call from global batch `first` on, each replica
@@ -200,7 +220,7 @@ class Trainer:
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             # The plain step, not its tf.function: a tf.function nested in strategy.run
             # cannot hold the replicas' synchronisation points (synchronised BN, gradients).
-            self._replica_train_step(*train_data.share(
+            self._step(*train_data.share(
                 batch, order, key, replica, self.strategy.num_replicas_in_sync, pixels, labels,
                 size))
         for index in tf.range(steps):
@@ -208,7 +228,7 @@ class Trainer:
 
     @tf.function
     def _distributed_test_step(self, batch):
-        self.strategy.run(self._test_step, args=batch)
+        self.strategy.run(self._compiled_test_step, args=batch)
 
     def _logs(self):
         return {"loss": float(self.loss.result()), "accuracy": float(self.accuracy.result())}
@@ -240,21 +260,40 @@ class Trainer:
                                     per_pipeline, replicas)
         return self.strategy.distribute_datasets_from_function(shares)
 
-    @staticmethod
-    def _calls(train_data, steps_per_execution, data_placement):
-        """(first batch, steps, images per batch) of each call of an epoch. On the device
-        every batch of a call has one static size (XLA needs it), so a shorter last batch gets
-        a call of its own; from tf.data the batches bring their sizes (None)."""
-        steps_per_epoch, batch_size = train_data.steps_per_epoch, train_data.batch_size
-        if data_placement == "host":
-            return [(first, min(steps_per_execution, steps_per_epoch - first), None)
-                    for first in range(0, steps_per_epoch, steps_per_execution)]
-        images = len(train_data.labels)
+    def host_feed(self, train_data, steps_per_execution):
+        """The calls of an epoch fed from tf.data: `calls(epoch)` yields (first batch, steps,
+        run) for each call, `run()` training those steps."""
+        steps_per_epoch = train_data.steps_per_epoch
+
+        def calls(epoch):
+            iterator = iter(self.epoch_batches(train_data, epoch))
+            for first in range(0, steps_per_epoch, steps_per_execution):
+                steps = min(steps_per_execution, steps_per_epoch - first)
+                yield first, steps, lambda steps=steps: self.train_steps(
+                    iterator, tf.constant(steps))
+        return calls
+
+    def device_feed(self, train_data, steps_per_execution):
+        """As `host_feed`, with the training split copied to each replica's device once and
+        every batch computed there, with the same draws. Every batch of a call has one static
+        size (XLA needs it), so a shorter last batch gets a call of its own."""
+        arrays = tuple(self.strategy.experimental_distribute_values_from_function(
+            lambda context, array=array: tf.identity(array))
+            for array in train_data.device_arrays())
+        batch_size, images = train_data.batch_size, len(train_data.labels)
         full = images // batch_size
-        calls = [(first, min(steps_per_execution, full - first), batch_size)
+        sizes = [(first, min(steps_per_execution, full - first), batch_size)
                  for first in range(0, full, steps_per_execution)]
-        return calls + ([(full, 1, images - full * batch_size)] if full < steps_per_epoch
-                        else [])
+        sizes += [(full, 1, images - full * batch_size)] if full < train_data.steps_per_epoch \
+            else []
+
+        def calls(epoch):
+            order, key = train_data.epoch_order(epoch)
+            for first, steps, size in sizes:
+                yield first, steps, lambda first=first, steps=steps, size=size: \
+                    self._device_steps(tf.constant(first), tf.constant(steps), order, key,
+                                       arrays, train_data, size)
+        return calls
 
     def fit(self, train_data, test_data, epochs, callbacks, initial_epoch=0, verbose=1,
             steps_per_execution=1, data_placement="host"):
@@ -265,35 +304,25 @@ class Trainer:
         `steps_per_execution` steps run in one compiled call (the last call of an epoch runs
         what remains), and the callbacks see each call as one batch ending at its last step:
         the metrics are read back to the host once per call and once per epoch.
-        `data_placement` "host" feeds batches from tf.data; "device" copies the training split
-        to each replica's device once and computes every batch there, with the same draws, so
-        the images and the trained weights are the same bit for bit."""
+        `data_placement` "host" feeds batches from tf.data (`host_feed`); "device" copies the
+        training split to each replica's device once and computes every batch there
+        (`device_feed`), with the same draws, so the images and the trained weights are the
+        same bit for bit."""
         callbacks = keras.callbacks.CallbackList(
             callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
             epochs=epochs, steps=train_data.steps_per_epoch, model=self.model)
         model = self.model
         model.stop_training = False
-        if data_placement == "device":
-            arrays = tuple(self.strategy.experimental_distribute_values_from_function(
-                lambda context, array=array: tf.identity(array))
-                for array in train_data.device_arrays())
+        feed = {"host": self.host_feed, "device": self.device_feed}[data_placement](
+            train_data, steps_per_execution)
         callbacks.on_train_begin()
         epoch_logs = {}
         for epoch in range(initial_epoch, epochs):
             self._reset()
             callbacks.on_epoch_begin(epoch)
-            if data_placement == "device":
-                order, key = train_data.epoch_order(epoch)
-            else:
-                iterator = iter(self.epoch_batches(train_data, epoch))
-            for first, steps, size in self._calls(train_data, steps_per_execution,
-                                                  data_placement):
+            for first, steps, run in feed(epoch):
                 callbacks.on_train_batch_begin(first)
-                if data_placement == "device":
-                    self._device_steps(tf.constant(first), tf.constant(steps), order, key,
-                                       arrays, train_data, size)
-                else:
-                    self.train_steps(iterator, tf.constant(steps))
+                run()
                 callbacks.on_train_batch_end(first + steps - 1, self._logs())
                 if model.stop_training:
                     break

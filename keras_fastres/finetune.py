@@ -5,7 +5,7 @@ is replaced (newly initialised); the input normalisation is the new data's."""
 
 from pathlib import Path
 
-from keras_fastres.serving.export import load_for_export
+from keras_fastres.models import load_model
 
 KEPT_FROM_NEW_DATA = ("normalization",)  # layers whose values come from the new data
 CLASSIFIER = "predictions"
@@ -15,7 +15,7 @@ def initialize_from(model, path):
     """Sets `model`'s weights from the model at `path` (a run folder or a .keras file), layer
     by layer by name; returns a line saying what was loaded and what replaced. A ValueError
     when the two networks differ in anything but the classifier's class count."""
-    source = load_for_export(path)
+    source = load_model(path)
     layers = {layer.name: layer for layer in _weighted(source)}
     extra = sorted(set(layers) - {layer.name for layer in _weighted(model)})
     if extra:

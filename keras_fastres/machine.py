@@ -54,12 +54,11 @@ def resolve_data_placement(placement, split_bytes):
 
 
 def versions():
-    """The versions of the libraries a result depends on."""
-    import tensorflow_datasets as tfds
-
+    """The versions of the libraries a result depends on (read from the installed packages'
+    metadata: nothing imported for it)."""
     return {"keras_fastres": importlib.metadata.version("keras-fastres"),
             "keras": keras.__version__, "tensorflow": tf.__version__,
-            "tensorflow_datasets": tfds.__version__,
+            "tensorflow_datasets": importlib.metadata.version("tensorflow-datasets"),
             "numpy": np.__version__, "python": platform.python_version()}
 
 

@@ -12,14 +12,18 @@ Depth counts the convolutions on the longest path: 6n + 2.
 """
 
 import warnings
+import zipfile
+from pathlib import Path
 
 import keras
 from keras import layers
 
 from keras_fastres.batch_norm import bn_layer, check_implementation
 from keras_fastres.blocks import BLOCKS, SHORTCUTS, kernel_regularizer
+from keras_fastres.errors import DamagedFile, summary
 
 STAGE_FILTERS = (16, 32, 64)
+MODEL_FILE = "model.keras"  # what a training run saves at its end
 
 # Per-channel mean and standard deviation of the 50,000 training images, on the 0-255 scale.
 CIFAR_STATS = {
@@ -274,3 +278,24 @@ FastResNet56 = _alias(56)
 FastResNet110 = _alias(110)
 FastResNet668 = _alias(668)
 FastResNet1202 = _alias(1202)
+
+
+def load_model(path) -> keras.Model:
+    """The Keras model of a finished training run's directory (its model.keras) or of a .keras
+    file. A ValueError when there is no such file, a `DamagedFile` when it cannot be loaded."""
+    path = Path(path)
+    model_file = path / MODEL_FILE if path.is_dir() else path
+    if not model_file.is_file():
+        raise ValueError(
+            f"No model at {model_file}. Give a finished training run's directory (it holds "
+            f"{MODEL_FILE}) or a .keras file.")
+    if not zipfile.is_zipfile(model_file):  # Keras would call it "File not found"
+        raise DamagedFile(
+            f"{model_file} is not a complete .keras file (a zip archive; this one, "
+            f"{model_file.stat().st_size} bytes, is truncated or damaged). Save the model again, "
+            f"or train its run again.")
+    try:
+        return keras.saving.load_model(model_file)
+    except (TypeError, ValueError, KeyError, OSError) as error:
+        raise DamagedFile(f"{model_file} cannot be loaded as a Keras model: "
+                          f"{summary(error)[:300]}") from None

@@ -18,11 +18,11 @@ only the chief writes these outputs.
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
 import shutil
-import signal
 import sys
 from pathlib import Path
 
@@ -31,14 +31,30 @@ import tensorflow as tf
 
 from keras_fastres import callbacks, data, distribute, files, plots
 from keras_fastres.backup import Backup
-from keras_fastres.lock import folder_lock
-from keras_fastres.config import (build_and_compile, check_config, experiment_fields,
-                                  option_word, scaled_learning_rate)
-from keras_fastres.machine import (describe_device, require_tensorflow_backend,
-                                   resolve_data_placement, resolve_jit_compile,
-                                   resolve_steps_per_execution, versions)
+from keras_fastres.config import (
+    TrainConfig,
+    build_and_compile,
+    check_config,
+    check_last_batches,
+    check_parallel_settings,
+    experiment_fields,
+    option_word,
+    scaled_learning_rate,
+)
+from keras_fastres.errors import stop_on_sigterm, summary
 from keras_fastres.finetune import initialize_from
+from keras_fastres.lock import folder_lock
+from keras_fastres.machine import (
+    describe_device,
+    require_tensorflow_backend,
+    resolve_data_placement,
+    resolve_jit_compile,
+    resolve_steps_per_execution,
+    versions,
+)
 from keras_fastres.serving.export import export_saved_model
+
+log = logging.getLogger(__name__)
 
 
 DATA_IDENTITY = ("class_names", "data_files")  # data_identity's keys
@@ -51,24 +67,6 @@ class RunFailed(RuntimeError):
 
 class RunRefused(RuntimeError):
     """The output directory holds a finished run."""
-
-
-class Terminated(Exception):
-    """The process received SIGTERM (a scheduler preempting it, `kill`): raised in the main
-    thread as soon as Python runs again, i.e. after the current training step."""
-
-
-@contextlib.contextmanager
-def stop_on_sigterm():
-    """SIGTERM raises Terminated for the duration. Every file a run writes appears only when
-    complete, so stopping anywhere loses at most the unfinished epoch."""
-    def terminate(signum, frame):
-        raise Terminated
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def check_output_dir(run_dir):
@@ -106,9 +104,11 @@ def run_lock(run_dir):
                                 f"for it to end, or pass another --output-dir.")
 
 
-def train(config):
+def train(config: TrainConfig, progress=None) -> dict:
     """Runs (or resumes) one experiment and returns its metrics dict (on every worker; only
-    the chief writes outputs)."""
+    the chief writes outputs). `progress`: None, or `progress(done, total)` told how many
+    files of an image folder are decoded (`load_image_folder`). Says what it does through the
+    logger "keras_fastres.run" (INFO) and `FastResWarning`s."""
     require_tensorflow_backend("Training with the recipes")
     check_config(config)
     run_dir = config.run_dir()
@@ -120,22 +120,31 @@ def train(config):
     # After the strategy: TensorFlow's multi-worker runtime installs a SIGTERM handler of its own.
     with stop_on_sigterm(), run_lock(run_dir) if chief else contextlib.nullcontext():
         check_not_finished(run_dir)  # again: another process may have just finished it
-        return _train(config, run_dir, strategy, chief)
+        return _train(config, run_dir, strategy, chief, progress)
 
 
-def _train(config, run_dir, strategy, chief):
-    replicas = strategy.num_replicas_in_sync
-    jit_compile = resolve_jit_compile(config.jit_compile)
-    if jit_compile and replicas > 1 and config.precision == "mixed_float16":
-        raise ValueError(
-            "mixed_float16 with XLA on several replicas crashes in Keras's LossScaleOptimizer "
-            "(keras-team/keras#21366); use --precision mixed_bfloat16 or --jit-compile off.")
-    if jit_compile and replicas > 1 and not tf.config.list_logical_devices("GPU"):
-        # Measured here: XLA on CPUs implements no cross-replica collectives (TensorFlow
-        # b/194942685), and logical CPU replicas read variables placed on another device.
-        raise ValueError(
-            "XLA cannot compile a training step that spans several CPU replicas or CPU "
-            "workers in TensorFlow; use --jit-compile off (the default on CPUs).")
+def _train(config, run_dir, strategy, chief, progress):
+    """The run in five phases: its seed and backup, its data, its model, training, outputs."""
+    backup, seed = _prepare(config, run_dir, strategy, chief)
+    images = _load_data(config, seed, backup, run_dir, strategy.num_replicas_in_sync, progress)
+    # The learning rate trained with; the experiment keeps the one asked for.
+    config = dataclasses.replace(config, learning_rate=scaled_learning_rate(config))
+    model, trainer, train_data, test_data = _model(config, images, seed, strategy)
+    finished_epochs, timer, stop = _fit(config, run_dir, chief, backup, model, trainer,
+                                        train_data, test_data, images)
+    if model.stop_training:
+        raise RunFailed(
+            f"Training stopped in epoch {finished_epochs + len(timer.epoch_seconds)} of "
+            f"{config.epochs}: {stop.reason}. Lower the learning rate or check the data; the "
+            f"history is in {run_dir}.")
+    return _finish(config, run_dir, chief, seed, model, trainer, test_data, images, timer)
+
+
+def _prepare(config, run_dir, strategy, chief):
+    """The run's backup (with the experiment it stores) and its seed; a ValueError when the
+    unfinished run in `run_dir` is another experiment or the settings cannot run here."""
+    check_parallel_settings(strategy.num_replicas_in_sync, resolve_jit_compile(
+        config.jit_compile), config.precision, bool(tf.config.list_logical_devices("GPU")))
     backup = Backup(run_dir / "backup", write=chief)
     if chief:
         backup.remove_leftovers()
@@ -144,20 +153,38 @@ def _train(config, run_dir, strategy, chief):
     backup.experiment = experiment(config, seed)
     if stored is not None:
         check_same_experiment(stored, backup.experiment, run_dir)
-    images = data.load(config, seed)
+    return backup, seed
+
+
+def _load_data(config, seed, backup, run_dir, replicas, progress):
+    """The data set `config` names, with its identity added to the stored experiment (a resume
+    on other files is refused) and its last batches checked against the replicas."""
+    size = data.image_size_pair(config.image_size)
+    if config.data:
+        max_memory = None if config.max_memory is None else int(config.max_memory * 2 ** 30)
+        images = data.load_image_folder(config.data, size, config.validation_fraction,
+                                        max_memory=max_memory, progress=progress)
+    elif not data.is_cifar(config.dataset):
+        images = data.load_catalog(config.dataset[len(data.TFDS_PREFIX):], config.data_dir,
+                                   size, config.train_split, config.test_split,
+                                   config.validation_fraction)
+    else:
+        images = data.load_cifar(config.dataset, config.source, config.data_dir,
+                                 synthetic_size=config.synthetic_size, seed=seed)
+    stored = backup.stored_experiment()
     backup.experiment.update(data_identity(images))
     if stored is not None:
         check_same_experiment(stored, backup.experiment, run_dir, DATA_IDENTITY)
-    for split_name, split in (("training", images.train), ("test", images.test)):
-        last = len(split.labels) % config.batch_size
-        if 0 < last < replicas:  # a replica with no image fails inside TensorFlow
-            raise ValueError(
-                f"The last {split_name} batch holds {last} of the {len(split.labels)} images, "
-                f"fewer than the {replicas} replicas, and each replica needs one; choose a "
-                f"--batch-size that leaves no remainder, or a remainder of at least "
-                f"{replicas}.")
+    check_last_batches({"training": len(images.train.labels), "test": len(images.test.labels)},
+                       config.batch_size, replicas)
+    return images
+
+
+def _model(config, images, seed, strategy):
+    """The compiled model (CIFAR's published statistics, or those of the training split), its
+    trainer, and the training and test data pipelines."""
     keras.utils.set_random_seed(seed)
-    config = dataclasses.replace(config, learning_rate=scaled_learning_rate(config))
+    replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         # Synchronised BN: the replicas normalise with the global batch's statistics, so
         # N devices train like one device with the same global batch, and the workers' BN
@@ -165,53 +192,57 @@ def _train(config, run_dir, strategy, chief):
         model = build_and_compile(
             config, images.num_classes, synchronized_batch_norm=replicas > 1,
             input_shape=images.image_shape, class_names=list(images.class_names),
-            # CIFAR's published statistics; any other data set's computed on its training split
-            normalization=None if images.name in data.DATASETS else data.channel_statistics(
-                images.train.images))
+            normalization=images.name if data.is_cifar(images.name) else
+            data.channel_statistics(images.train.images))
+    trainer = distribute.Trainer(model, strategy, resolve_jit_compile(config.jit_compile))
     mixed = data.mixes_labels(config.extra_augmentation)
-    trainer = distribute.Trainer(model, strategy, mixed, jit_compile)
     train_data = data.TrainingData(images.train, config.batch_size, seed, images.num_classes,
                                    config.extra_augmentation, flip=not config.no_flip)
     test_data = data.test_dataset(images.test, config.batch_size, images.num_classes,
                                   one_hot=mixed)
+    return model, trainer, train_data, test_data
 
+
+def _fit(config, run_dir, chief, backup, model, trainer, train_data, test_data, images):
+    """Trains from the last finished epoch (or fine-tunes a new run's initial weights);
+    returns the epochs finished before, the timer and the non-finite stop."""
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
         files.remove_leftovers(run_dir)  # history and metrics a killed run was replacing
     finished_epochs = backup.restore(model)
     if config.init_from and not finished_epochs:
-        print(initialize_from(model, config.init_from), flush=True)
+        log.info(initialize_from(model, config.init_from))
     if finished_epochs and chief:
         # A kill between an epoch's history row and its backup leaves a row the run redoes.
         callbacks.truncate_history(run_dir / "history.csv", finished_epochs)
-        print(f"Resuming {run_dir} after epoch {finished_epochs}.", flush=True)
+        log.info("Resuming %s after epoch %d.", run_dir, finished_epochs)
     timer = callbacks.EpochTimer(len(images.train.labels))
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
     # Order matters: the schedule and the timer add to the epoch logs that the history file
     # records, and the backup is taken after the history row is written.
     outputs = [callbacks.HistoryCSV(run_dir / "history.csv"),
                keras.callbacks.TensorBoard(run_dir / "tensorboard", profile_batch=0)]
-    non_finite = callbacks.StopOnNonFinite()
+    stop = callbacks.StopOnNonFinite()
     placement = "host" if config.extra_augmentation else resolve_data_placement(
         config.data_placement, 4 * images.train.images[..., 0].size)  # packed: 4 bytes a pixel
     trainer.fit(train_data, test_data, config.epochs, initial_epoch=finished_epochs,
                 verbose=verbose if chief else 0, callbacks=[
-                    callbacks.paper_schedule(config.epochs, config.learning_rate), timer,
-                    *(outputs if chief else []), non_finite, backup],
+                    callbacks.paper_schedule(config.epochs, config.learning_rate),
+                    timer, *(outputs if chief else []), stop, backup],
                 steps_per_execution=resolve_steps_per_execution(config.steps_per_execution),
                 data_placement=placement)
-    if model.stop_training:
-        raise RunFailed(
-            f"Training stopped in epoch {finished_epochs + len(timer.epoch_seconds)} of "
-            f"{config.epochs}: {non_finite.reason}. Lower the learning rate or check the "
-            f"data; the history is in {run_dir}.")
+    return finished_epochs, timer, stop
 
+
+def _finish(config, run_dir, chief, seed, model, trainer, test_data, images, timer):
+    """The test error and the run's metrics; the chief writes the outputs."""
     test = trainer.evaluate(test_data)
     history = callbacks.read_history(run_dir / "history.csv") if chief else []
     # Resumed after the last epoch, this process timed nothing: the history file has the times.
     seconds = timer.epoch_seconds or [float(row["epoch_seconds"]) for row in history]
     timed = callbacks.timed_epochs(seconds) or [math.nan]
     mean_seconds = sum(timed) / len(timed)
+    replicas = trainer.strategy.num_replicas_in_sync
     metrics = {
         "test_error": 1.0 - test["accuracy"],
         "test_loss": test["loss"],
@@ -300,7 +331,7 @@ def write_outputs(model, config, metrics, history):
             if not export.exists():  # else written by this run before it was killed
                 export_saved_model(model, run_dir / "export", version=1)
         metrics["export_dir"] = str(export)
-        print(f"Exported a SavedModel to {export}", flush=True)
+        log.info("Exported a SavedModel to %s", export)
     with _naming(run_dir / "error_curve.png"):
         plots.plot_runs([(f"ResNet-{config.depth} {config.variant}", history)],
                         run_dir / "error_curve.png", train_error=True,
@@ -316,8 +347,7 @@ def _naming(path):
     try:
         yield
     except OSError as error:
-        reason = error.strerror or str(error).splitlines()[0]
-        raise OSError(f"Could not write {path}: {reason}. Make room (or fix the folder) and "
+        raise OSError(f"Could not write {path}: {summary(error)}. Make room (or fix the folder) and "
                       f"run the same command again: the run continues from its backup.") from None
 
 

@@ -7,10 +7,20 @@ import io
 import pickle
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from keras_fastres.data import ARCHIVES
+
+# The CPU as two logical devices for the whole session, as `--cpu-replicas 2` asks (TensorFlow
+# fixes its devices when its runtime starts, and make_strategy keeps a matching split): the
+# two-device runs are tested in this process, beside their one-device references. Every other
+# strategy places its work on the first device, as in a process of its own.
+CPU_REPLICAS = 2
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * CPU_REPLICAS)
 
 
 def write_cifar_archive(directory, name, train, test, packed=True):
@@ -50,3 +60,43 @@ def wait_for_backup(run_dir, process, generations=1, timeout=300):
         if len(list((run_dir / "backup").glob("epoch-*"))) >= generations:
             return
         time.sleep(0.02)
+
+
+class WeightRecorder:
+    """Records, in this process, what tests/record_weights.py records in a child: the weights
+    at the start and at the end of each `Trainer.fit` and the seed each run chose."""
+
+    def __init__(self, monkeypatch):
+        from keras_fastres import distribute, run
+        self.initial, self.final, self.seeds = [], [], []
+        fit, choose_seed = distribute.Trainer.fit, run.run_seed
+
+        def record_fit(trainer, *args, **kwargs):
+            self.initial.append(trainer.model.get_weights())
+            logs = fit(trainer, *args, **kwargs)
+            self.final.append(trainer.model.get_weights())
+            return logs
+
+        def record_seed(*args, **kwargs):
+            self.seeds.append(choose_seed(*args, **kwargs))
+            return self.seeds[-1]
+        monkeypatch.setattr(distribute.Trainer, "fit", record_fit)
+        monkeypatch.setattr(run, "run_seed", record_seed)
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def run_recipe(name, args, monkeypatch):
+    """The exit status of recipes/NAME.py run as its command line runs it, in this process
+    (its output goes to the test's captured stdout and stderr)."""
+    import runpy
+    import sys
+
+    monkeypatch.setenv("KERAS_FASTRES_COMMAND", "1")  # as the recipe sets it; undone after
+    monkeypatch.setattr(sys, "argv", [str(RECIPES / f"{name}.py"), *map(str, args)])
+    try:
+        runpy.run_path(str(RECIPES / f"{name}.py"), run_name="__main__")
+    except SystemExit as exit:
+        return exit.code
+    raise AssertionError(f"recipes/{name}.py returned without an exit status")

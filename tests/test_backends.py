@@ -2,9 +2,9 @@
 test_batch_norm run under JAX and PyTorch too, in .ci/run); the training recipes and the
 SavedModel export on TensorFlow only, saying so in one line elsewhere."""
 
+import keras
 import numpy as np
 import pytest
-import keras
 
 from keras_fastres import FastResNet, export_saved_model
 from keras_fastres.commands.train import main

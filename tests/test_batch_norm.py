@@ -1,9 +1,9 @@
 """The package's BatchNorm: TensorFlow's fused kernel and Keras's layer compute the same thing on
 the same variables; "auto" picks the fused one on TensorFlow only. Runs on every backend."""
 
+import keras
 import numpy as np
 import pytest
-import keras
 
 from keras_fastres import FastResNet
 from keras_fastres.batch_norm import BN_MOMENTUM, BatchNorm, bn_layer, resolve

@@ -1,10 +1,7 @@
 """The benchmark's report: its fields, its arithmetic and its FLOP count. No timing asserts."""
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +10,14 @@ from keras_fastres import FastResNet
 from keras_fastres.benchmarks import pipeline, training
 from keras_fastres.benchmarks.pipeline import run_pipeline_benchmark
 from keras_fastres.benchmarks.report import format_markdown, format_table
-from keras_fastres.benchmarks.training import (EPOCH_IMAGES, forward_multiply_adds, run_benchmark,
-                                               train_flops_per_image)
+from keras_fastres.benchmarks.training import (
+    EPOCH_IMAGES,
+    forward_multiply_adds,
+    run_benchmark,
+    train_flops_per_image,
+)
+
+from conftest import run_recipe
 
 
 def table(report, layout=training):
@@ -122,20 +125,18 @@ def test_bad_benchmark_arguments(kwargs, message):
         run_benchmark(**{"depths": (8,), **kwargs})
 
 
-def test_benchmark_recipe_writes_json(tmp_path):
+def test_benchmark_recipe_writes_json(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "benchmark.py"), "--depths", "8", "--variants",
-         "preact,type1", "--batch-size", "2", "--rounds", "1", "--steps", "1",
-         "--batch-norm", "keras,fused", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr
-    assert "round 1/1" in result.stderr  # progress
+    assert run_recipe("benchmark", ["--depths", "8", "--variants", "preact,type1",
+                                    "--batch-size", "2", "--rounds", "1", "--steps", "1",
+                                    "--batch-norm", "keras,fused", "--json", out],
+                      monkeypatch) == 0
+    result = capsys.readouterr()
+    assert "round 1/1" in result.err  # progress
     report = json.loads(out.read_text())
     assert [(r["variant"], r["batch_norm"]) for r in report["results"]] == [
         ("preact", "keras"), ("preact", "fused"), ("type1", "keras"), ("type1", "fused")]
-    assert "vs preact" in result.stdout
+    assert "vs preact" in result.out
 
 
 def test_pipeline_benchmark_counts_every_image():
@@ -170,7 +171,9 @@ def test_loader_benchmark_counts_the_images_it_decoded(tmp_path, capsys):
     assert (result["images"], result["skipped"], result["image_size"]) == (12, 1, "16x16")
     assert len(result["loader_images_per_second_per_round"]) == 2
     assert "loader images/s" in capsys.readouterr().out
-    assert main(["--loader", str(tmp_path / "none")]) == 2
+    with pytest.raises(SystemExit) as refused:
+        main(["--loader", str(tmp_path / "none")])
+    assert refused.value.code == 2
 
 
 def test_a_fraction_above_the_peak_is_never_printed_without_a_warning():
@@ -197,13 +200,10 @@ def test_steps_per_call_are_compared_in_one_process():
         run_benchmark(depths=(8,), steps_per_execution=(0,))
 
 
-def test_the_report_for_gpu_owners_runs_quick_on_the_cpu(tmp_path):
+def test_the_report_for_gpu_owners_runs_quick_on_the_cpu(tmp_path, capsys, monkeypatch):
     out = tmp_path / "report.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "benchmark.py"), "--report", "--quick",
-         "--json", str(out)], capture_output=True, text=True, timeout=600,
-        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
-    assert result.returncode == 0, result.stderr
+    assert run_recipe("benchmark", ["--report", "--quick", "--json", out], monkeypatch) == 0
+    result = capsys.readouterr()
     report = json.loads(out.read_text())
     assert report["kind"] == "report" and report["quick"] and report["device"]
     assert {"keras", "tensorflow", "keras_fastres"} <= set(report["versions"])
@@ -215,4 +215,4 @@ def test_the_report_for_gpu_owners_runs_quick_on_the_cpu(tmp_path):
         device["images_per_second"] / host["images_per_second"])
     markdown = out.with_suffix(".md").read_text()
     assert markdown.startswith("# keras-fastres report (quick): ") and "| device |" in markdown
-    assert markdown.strip() in result.stdout
+    assert markdown.strip() in result.out

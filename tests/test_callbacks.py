@@ -1,12 +1,18 @@
 """The paper's schedule, the epoch timer and the history file."""
 
+import keras
 import numpy as np
 import pytest
-import keras
 
 from keras_fastres import FastResNet
-from keras_fastres.callbacks import (EpochTimer, HistoryCSV, paper_learning_rate, paper_schedule,
-                                     read_history, truncate_history)
+from keras_fastres.callbacks import (
+    EpochTimer,
+    HistoryCSV,
+    paper_learning_rate,
+    paper_schedule,
+    read_history,
+    truncate_history,
+)
 
 
 @pytest.mark.parametrize("epoch, rate", [(0, 0.1), (79, 0.1), (80, 0.01), (119, 0.01),

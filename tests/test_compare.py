@@ -3,7 +3,6 @@ ratio to preact) and one figure of their test error curves."""
 
 import json
 
-import matplotlib.pyplot as plt
 import pytest
 
 from keras_fastres.callbacks import HistoryCSV
@@ -45,7 +44,6 @@ def test_runs_of_one_configuration_give_mean_std_and_the_ratio_to_preact(tmp_pat
     text = compare_runs(runs, tmp_path / "comparison.png")
     assert "7.67 +- 0.15" in text and "0.737" in text and "10.00" in text
     assert (tmp_path / "comparison.png").read_bytes().startswith(b"\x89PNG")
-    plt.close("all")
 
 
 def test_the_command_prints_the_table_and_writes_the_figure_beside_the_runs(tmp_path, capsys):

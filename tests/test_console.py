@@ -28,7 +28,7 @@ def test_installed_and_module_commands_start_quietly_and_fail_in_one_line(tmp_pa
     for command, message in commands:
         result = subprocess.run(command, capture_output=True, text=True, env=USER_ENV,
                                 timeout=300)
-        assert result.returncode == 1, result.stderr
+        assert result.returncode == 2, result.stderr  # a wrong argument
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, (
             result.stderr)
         assert message in result.stderr

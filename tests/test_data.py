@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import write_cifar_archive
 from keras_fastres import data
+
+from conftest import write_cifar_archive
 
 
 def small_split(n, num_classes, seed):

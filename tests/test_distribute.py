@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import wait_for_backup
 from keras_fastres.callbacks import paper_learning_rate, read_history
+from keras_fastres.commands.train import main
+from keras_fastres.config import TrainConfig, check_parallel_settings
 from keras_fastres.distribute import is_chief, make_strategy
+
+from conftest import WeightRecorder, wait_for_backup
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = str(ROOT / "recipes" / "cifar10.py")
@@ -60,23 +63,23 @@ def weights(path, which):
     return [saved[f"{which}_{i}"] for i in range(len(saved.files) // 2)]
 
 
-def test_mirrored_on_two_devices_matches_one_device(tmp_path):
-    single = start([*SMALL, "--epochs", "1", "--lr-scaling", "linear", "--strategy", "one-device",
-                    "--output-dir", str(tmp_path / "single")], tmp_path / "single.npz")
-    finish(single)
-    mirrored = start([*SMALL, "--epochs", "1", "--lr-scaling", "linear", "--strategy", "mirrored",
-                      "--cpu-replicas", "2",
-                      "--output-dir", str(tmp_path / "mirrored")], tmp_path / "mirrored.npz")
-    finish(mirrored)
+def test_mirrored_on_two_devices_matches_one_device(tmp_path, monkeypatch, capsys):
+    """The three runs in this process (conftest splits the CPU in two for the session)."""
+    recorded = WeightRecorder(monkeypatch)
+    common = [*SMALL, "--epochs", "1", "--lr-scaling", "linear"]
+    for strategy, name in ((["one-device"], "single"), (["mirrored", "--cpu-replicas", "2"],
+                                                        "mirrored")):
+        assert main(TrainConfig(), [*common, "--strategy", *strategy,
+                                    "--output-dir", str(tmp_path / name)]) == 0, (
+            capsys.readouterr().err)
     metrics = json.loads((tmp_path / "mirrored" / "metrics.json").read_text())
     assert metrics["replicas"] == 2
     # --lr-scaling linear: 0.1 x global batch 32 / 128, and the schedule starts from it.
     assert metrics["learning_rate"] == pytest.approx(0.025)
     rows = read_history(tmp_path / "mirrored" / "history.csv")
     assert float(rows[0]["learning_rate"]) == pytest.approx(0.025)
-    one, two = weights(tmp_path / "single.npz", "final"), weights(tmp_path / "mirrored.npz", "final")
-    start_one, start_two = (weights(tmp_path / f, "initial") for f in ("single.npz", "mirrored.npz"))
-    for a, b in zip(start_one, start_two):
+    (start_one, start_two), (one, two) = recorded.initial, recorded.final
+    for a, b in zip(start_one, start_two, strict=True):
         np.testing.assert_array_equal(a, b)  # same seed, same initial weights
     moved = max(np.max(np.abs(a - b)) for a, b in zip(one, start_one))
     assert moved > 1e-2  # two SGD steps changed the weights ...
@@ -84,16 +87,15 @@ def test_mirrored_on_two_devices_matches_one_device(tmp_path):
     assert difference < 1e-4  # ... identically on one device and on two
     # With the data on the devices each replica computes its own share of every batch there:
     # the same shares, the same weights, bit for bit.
-    on_devices = start([*SMALL, "--epochs", "1", "--lr-scaling", "linear", "--strategy",
-                        "mirrored", "--cpu-replicas", "2", "--data-placement", "device",
-                        "--steps-per-execution", "2", "--output-dir", str(tmp_path / "device")],
-                       tmp_path / "device.npz")
-    finish(on_devices)
-    for a, b in zip(weights(tmp_path / "device.npz", "final"), two, strict=True):
+    assert main(TrainConfig(), [*common, "--strategy", "mirrored", "--cpu-replicas", "2",
+                                "--data-placement", "device", "--steps-per-execution", "2",
+                                "--output-dir", str(tmp_path / "device")]) == 0
+    for a, b in zip(recorded.final[2], two, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
-def test_two_localhost_workers_train_as_one_device_with_their_global_batch(tmp_path):
+def test_two_localhost_workers_train_as_one_device_with_their_global_batch(tmp_path,
+                                                                             monkeypatch):
     """Without --seed: the workers agree on one drawn seed; their weights move, stay identical,
     and equal one device's trained on the same global batches with that seed. (Keras's BN on
     the one device: the workers' synchronised BN is Keras's layer too.)"""
@@ -117,16 +119,16 @@ def test_two_localhost_workers_train_as_one_device_with_their_global_batch(tmp_p
                 for a, b in zip(chief_final, weights(tmp_path / "chief.npz", "initial")))
     assert moved > 1e-2
 
-    single = start([*args, "--seed", str(seed), "--strategy", "one-device",
-                    "--output-dir", str(tmp_path / "single")], tmp_path / "single.npz")
-    finish(single)
-    for a, b in zip(weights(tmp_path / "single.npz", "initial"),
-                    weights(tmp_path / "chief.npz", "initial")):
+    # The one-device reference in this process, from the same recipe's main().
+    recorded = WeightRecorder(monkeypatch)
+    assert main(TrainConfig(), [*args, "--seed", str(seed), "--strategy", "one-device",
+                                "--output-dir", str(tmp_path / "single")]) == 0
+    for a, b in zip(recorded.initial[0], weights(tmp_path / "chief.npz", "initial")):
         np.testing.assert_array_equal(a, b)
     # Norm-wise: the all-reduced gradients round differently from one device's, and where a
     # pre-activation sits at a ReLU kink that moves single weights by more than rounding
     # (which of the drawn seeds meets one is luck); the weights as a whole stay within 1e-5.
-    single_final = weights(tmp_path / "single.npz", "final")
+    single_final = recorded.final[0]
     difference = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(single_final, chief_final)))
     norm = np.sqrt(sum(np.sum(b ** 2) for b in single_final))
     assert difference / norm < 1e-5, difference / norm
@@ -174,16 +176,22 @@ def test_strategy_arguments_are_checked(monkeypatch):
     assert is_chief(make_strategy("auto"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--strategy", "mirrored", "--cpu-replicas", "2", "--jit-compile", "on"],
-     "XLA cannot compile a training step that spans several CPU replicas"),
-    (["--strategy", "mirrored", "--cpu-replicas", "2", "--jit-compile", "on", "--precision",
-      "mixed_float16"], "keras-team/keras#21366"),
-])
-def test_known_broken_combinations_are_refused(tmp_path, args, message):
-    result = subprocess.run([sys.executable, RECIPE, *SMALL, "--output-dir", str(tmp_path), *args],
-                            capture_output=True, text=True, env=ENV, timeout=300)
-    assert result.returncode == 2 and message in result.stderr
+def test_known_broken_combinations_are_refused():
+    with pytest.raises(ValueError, match="XLA cannot compile a training step that spans several "
+                                         "CPU replicas"):
+        check_parallel_settings(2, jit_compile=True, precision="float32", gpus=False)
+    with pytest.raises(ValueError, match="keras-team/keras#21366"):
+        check_parallel_settings(2, jit_compile=True, precision="mixed_float16", gpus=True)
+    check_parallel_settings(2, jit_compile=True, precision="mixed_bfloat16", gpus=True)
+    check_parallel_settings(2, jit_compile=False, precision="mixed_float16", gpus=False)
+    check_parallel_settings(1, jit_compile=True, precision="mixed_float16", gpus=False)
+
+
+def test_the_recipe_checks_the_combination_before_any_work(tmp_path, capsys):
+    assert main(TrainConfig(), [*SMALL, "--output-dir", str(tmp_path / "run"), "--strategy",
+                                "mirrored", "--cpu-replicas", "2", "--jit-compile", "on"]) == 2
+    assert "XLA cannot compile" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 # The training loop for accelerators: several steps per call, data on the device, XLA.

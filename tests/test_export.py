@@ -189,7 +189,7 @@ def test_exports_at_once_claim_one_version_each(tmp_path, monkeypatch):
         waited.clear()
         barrier.reset()
 
-        def export(name):
+        def export(name, root=root, version=version, results=results):
             try:
                 results[name] = export_module.publish(root, version, write(name))
             except FileExistsError as error:
@@ -222,9 +222,9 @@ def test_an_onnx_export_never_writes_into_a_published_version(tmp_path):
 
 def test_predict_says_what_a_folder_holds_instead_of_a_usable_savedmodel(tmp_path, capsys):
     import keras
+    from PIL import Image
 
     from keras_fastres.commands import predict
-    from PIL import Image
     Image.fromarray(uint8_images(1)[0]).save(tmp_path / "cat.png")
     model = FastResNet(8)
     export_onnx(model, tmp_path / "onnx", version="auto")
@@ -239,13 +239,13 @@ def test_predict_says_what_a_folder_holds_instead_of_a_usable_savedmodel(tmp_pat
         part.write_bytes(part.read_bytes()[:100])
     keras_export = tmp_path / "keras_export"
     model.export(str(keras_export), verbose=False)
-    for folder, message in (
-            (tmp_path / "onnx", "It holds an ONNX model, which onnxruntime serves"),
-            (run, f"It is a training run: pass {run / 'export'}"),
-            (tmp_path / "empty", f"{empty} is not a complete SavedModel"),
-            (tmp_path / "truncated", f"{truncated} is not a complete SavedModel"),
-            (keras_export, "takes images float32, not the uint8 images of a fastres-export")):
-        assert predict.main([str(folder), str(tmp_path / "cat.png")]) == 1
+    for folder, code, message in (  # 2: not what the command reads; 1: damaged
+            (tmp_path / "onnx", 2, "It holds an ONNX model, which onnxruntime serves"),
+            (run, 2, f"It is a training run: pass {run / 'export'}"),
+            (tmp_path / "empty", 1, f"{empty} is not a complete SavedModel"),
+            (tmp_path / "truncated", 1, f"{truncated} is not a complete SavedModel"),
+            (keras_export, 2, "takes images float32, not the uint8 images of a fastres-export")):
+        assert predict.main([str(folder), str(tmp_path / "cat.png")]) == code
         error = capsys.readouterr().err
         assert error.startswith("error: ") and error.count("\n") == 1, error
         assert message in error, error
@@ -283,27 +283,23 @@ def test_export_refuses_a_model_without_a_fixed_image_size(tmp_path):
         export_saved_model(FastResNet(8, input_shape=(None, None, 3)), tmp_path / "m")
 
 
-def test_export_cli_and_predict_on_image_files(tmp_path):
+def test_export_cli_and_predict_on_image_files(tmp_path, capsys):
     from PIL import Image
+
+    from keras_fastres.commands import export, predict
 
     model = trained_model("type1")
     model.save(tmp_path / "model.keras")
-    exported = subprocess.run(
-        [sys.executable, "-m", "keras_fastres.commands.export", "--model", str(tmp_path),
-         "--export-dir", str(tmp_path / "serving")],
-        capture_output=True, text=True, env=ENV, timeout=300)
-    assert exported.returncode == 0, exported.stderr
+    assert export.main(["--model", str(tmp_path), "--export-dir", str(tmp_path / "serving")]) == 0
+    assert capsys.readouterr().out == f"Wrote {tmp_path / 'serving' / '1'}\n"
     assert (tmp_path / "serving" / "1" / "saved_model.pb").is_file()
 
     pixels = uint8_images(1)[0]
     Image.fromarray(pixels).save(tmp_path / "exact.png")
     Image.fromarray(pixels).resize((96, 64)).save(tmp_path / "large.jpg")
-    predicted = subprocess.run(
-        [sys.executable, "-m", "keras_fastres.commands.predict", str(tmp_path / "serving"),
-         str(tmp_path / "exact.png"), str(tmp_path / "large.jpg"), "--top", "2"],
-        capture_output=True, text=True, env=ENV, timeout=300)
-    assert predicted.returncode == 0, predicted.stderr
-    lines = predicted.stdout.strip().splitlines()
+    assert predict.main([str(tmp_path / "serving"), str(tmp_path / "exact.png"),
+                         str(tmp_path / "large.jpg"), "--top", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith(str(tmp_path / "large.jpg"))
     # A model without class names answers with indices (no names guessed from the count).
     best = int(np.argmax(model.predict(pixels[None].astype("float32"), verbose=0)))
@@ -351,11 +347,11 @@ def test_bad_inputs_to_the_export_and_predict_commands_are_one_line_each(tmp_pat
     (tmp_path / "empty.keras").write_bytes(b"")
     (tmp_path / "broken.png").write_bytes(b"not an image")
 
-    def one_line(command, argv, code, message):
-        if code == 2:  # argparse refuses the argument itself
+    def one_line(command, argv, code, message, by_argparse=False):
+        if by_argparse:  # argparse refuses the argument itself
             with pytest.raises(SystemExit) as exit:
                 command.main(argv)
-            assert exit.value.code == 2
+            assert exit.value.code == code
             error = capsys.readouterr().err.splitlines()[-1]
         else:
             assert command.main(argv) == code
@@ -363,20 +359,21 @@ def test_bad_inputs_to_the_export_and_predict_commands_are_one_line_each(tmp_pat
             assert error.count("\n") == 1, error
         assert message in error, error
 
+    # A damaged file is a failure (exit 1); a wrong argument is a usage error (exit 2).
     one_line(predict, [str(export_dir), str(tmp_path / "broken.png")], 1, "Cannot read")
-    one_line(predict, [str(export_dir), str(tmp_path)], 1, f"{tmp_path} is a folder")
-    one_line(predict, [str(export_dir), str(tmp_path / "cat.png")], 1, "no such image file")
-    one_line(predict, [str(tmp_path / "nothing"), str(tmp_path / "broken.png")], 1,
+    one_line(predict, [str(export_dir), str(tmp_path)], 2, f"{tmp_path} is a folder")
+    one_line(predict, [str(export_dir), str(tmp_path / "cat.png")], 2, "no such image file")
+    one_line(predict, [str(tmp_path / "nothing"), str(tmp_path / "broken.png")], 2,
              f"No SavedModel in {tmp_path / 'nothing'}")
     one_line(predict, [str(export_dir), str(tmp_path / "broken.png"), "--top", "0"], 2,
-             "--top: must be an integer >= 1, got '0'")
+             "--top: must be an integer >= 1, got '0'", by_argparse=True)
     target = ["--export-dir", str(tmp_path / "out")]
-    one_line(export, ["--model", str(tmp_path / "nothing"), *target], 1, "No model at")
+    one_line(export, ["--model", str(tmp_path / "nothing"), *target], 2, "No model at")
     for damaged in ("truncated.keras", "empty.keras"):
         one_line(export, ["--model", str(tmp_path / damaged), *target], 1,
                  f"{tmp_path / damaged} is not a complete .keras file")
     one_line(export, ["--model", str(tmp_path / "model.keras"), *target, "--version", "0"], 2,
-             "--version: must be an integer >= 1, got '0'")
+             "--version: must be an integer >= 1, got '0'", by_argparse=True)
     assert not (tmp_path / "out").exists()
 
 
@@ -520,22 +517,25 @@ def test_onnx_export_never_overwrites(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temporary left
 
 
-def test_export_cli_writes_onnx_and_unfolded_saved_models(tmp_path):
+def test_export_cli_writes_onnx_quietly_and_unfolded_saved_models(tmp_path, capsys):
+    from keras_fastres.commands import export
+
     model_with_moved_statistics("preact").save(tmp_path / "model.keras")
-    for arguments, written in ((["--format", "onnx"], "1/model.onnx"),
-                               (["--no-fold"], "2/saved_model.pb")):
-        exported = subprocess.run(
-            [sys.executable, "-m", "keras_fastres.commands.export",
-             "--model", str(tmp_path / "model.keras"), "--export-dir", str(tmp_path / "serving"),
-             *arguments], capture_output=True, text=True, env=USER_ENV, timeout=300)
-        assert exported.returncode == 0, exported.stderr
-        assert (tmp_path / "serving" / written).is_file()
-        # Quiet as a user's shell runs it: no start-up lines, no logging tracebacks from
-        # handlers left on a closed stream, no deprecation notes of tf2onnx's TensorFlow calls.
-        assert exported.stderr == ""
-        assert exported.stdout == f"Wrote {(tmp_path / 'serving' / written).parent}\n" or (
-            exported.stdout == f"Wrote {tmp_path / 'serving' / written}\n")
-    assert saved_model_ops(tmp_path / "serving" / "2").count("FusedBatchNormV3") == 7
+    # The ONNX export as a user's shell runs it (the process's quiet start is the subject): no
+    # start-up lines, no logging tracebacks from handlers left on a closed stream, no
+    # deprecation notes of tf2onnx's TensorFlow calls.
+    exported = subprocess.run(
+        [sys.executable, "-m", "keras_fastres.commands.export", "--model",
+         str(tmp_path / "model.keras"), "--export-dir", str(tmp_path / "serving"), "--format",
+         "onnx"], capture_output=True, text=True, env=USER_ENV, timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stderr == ""
+    assert exported.stdout == f"Wrote {tmp_path / 'serving' / '1' / 'model.onnx'}\n"
+    assert export.main(["--model", str(tmp_path / "model.keras"), "--export-dir",
+                        str(tmp_path / "serving"), "--no-fold"]) == 0
+    assert capsys.readouterr().out == f"Wrote {tmp_path / 'serving' / '2'}\n"
+    assert saved_model_ops(tmp_path / "serving" / "2").count("FusedBatchNormV3") == (
+        BNS_UNFOLDED["preact"])
 
 
 def test_onnx_export_without_its_extra_says_what_to_install(tmp_path, monkeypatch, capsys):

@@ -1,10 +1,7 @@
 """The serving benchmark's report: every runtime timed, its fields and its arithmetic."""
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +9,8 @@ import pytest
 from keras_fastres.benchmarks import inference
 from keras_fastres.benchmarks.inference import run_inference_benchmark
 from keras_fastres.benchmarks.report import format_markdown, format_table
+
+from conftest import run_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,16 +41,14 @@ def test_bad_inference_arguments():
         run_inference_benchmark(depths=(8,), latency_calls=0)
 
 
-def test_benchmark_recipe_inference_writes_json(tmp_path):
+def test_benchmark_recipe_inference_writes_json(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "benchmark.py"), "--inference", "--depths", "8",
-         "--variants", "preact", "--batch-size", "2", "--rounds", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr
+    assert run_recipe("benchmark", ["--inference", "--depths", "8", "--variants", "preact",
+                                    "--batch-size", "2", "--rounds", "1", "--json", out],
+                      monkeypatch) == 0
+    result = capsys.readouterr()
     report = json.loads(out.read_text())
     assert {(r["runtime"], r["folded"]) for r in report["results"]} == {
         ("saved_model", True), ("saved_model", False), ("onnxruntime", True)}
     assert all(r["variant"] == "preact" and r["depth"] == 8 for r in report["results"])
-    assert "vs unfolded" in result.stdout
+    assert "vs unfolded" in result.out

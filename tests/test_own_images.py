@@ -201,9 +201,8 @@ def test_fine_tuning_another_network_is_refused_naming_what_differs(tmp_path, ca
 
 def test_a_tfds_catalog_data_set_trains_through_the_command_line(tmp_path, capsys):
     """fashion_mnist (grayscale 28x28, ten named classes), mocked: RGB at its own size."""
-    import tensorflow_datasets as tfds
-
     import keras
+    import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=24):
         code = train_command(["--dataset", "tfds:fashion_mnist", "--image-size", "28", "--depth",
@@ -273,7 +272,7 @@ def test_a_folder_with_train_and_test_keeps_its_splits_and_names(tmp_path):
 
     two_splits(tmp_path, {"b_cat": 3, "a_dog": 2}, {"b_cat": 1})
     (tmp_path / "train" / ".hidden").mkdir()  # not a class
-    loaded = load_image_folder(tmp_path, image_size=(12, 8), progress=False)
+    loaded = load_image_folder(tmp_path, image_size=(12, 8))
     assert loaded.class_names == ("a_dog", "b_cat")
     assert loaded.train.images.shape == (5, 12, 8, 3) and loaded.train.images.dtype == np.uint8
     assert loaded.train.labels.tolist() == [0, 0, 1, 1, 1] and loaded.test.labels.tolist() == [1]
@@ -341,7 +340,7 @@ def test_an_interrupted_load_stops_without_decoding_the_rest(tmp_path, monkeypat
     monkeypatch.setattr(folder, "CHUNK", 1)
     monkeypatch.setattr(folder, "decode_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        folder.load_image_folder(tmp_path, 8, progress=False)
+        folder.load_image_folder(tmp_path, 8)
     assert 1 <= len(calls) <= 4  # the chunks already running, not the 18 waiting
 
 
@@ -358,8 +357,9 @@ def test_data_options_for_another_source_are_refused(args, message, tmp_path, ca
     assert re.search(message, error) and error.count("\n") == 1, error
 
 
-def test_a_tfds_set_without_a_test_split_holds_one_out(tmp_path, capsys):
+def test_a_tfds_set_without_a_test_split_holds_one_out(tmp_path, capsys, caplog):
     """eurosat/rgb has only "train" (its split metadata stood in for: the mock has none)."""
+    caplog.set_level("INFO", logger="keras_fastres")
     from unittest import mock
 
     import tensorflow_datasets as tfds
@@ -375,7 +375,8 @@ def test_a_tfds_set_without_a_test_split_holds_one_out(tmp_path, capsys):
             40 - len(loaded.test.labels), len(loaded.test.labels))
         assert 1 <= len(loaded.test.labels) <= 10 and loaded.train.images.shape[1:] == (16, 16, 3)
         assert loaded.class_names[0] == "AnnualCrop"
-        assert "has no 'test' split: holding out 10%" in capsys.readouterr().out
+        assert "has no 'test' split: holding out 10%" in caplog.text  # logged, not printed
+        assert capsys.readouterr().out == ""
         with pytest.raises(Exception, match=r"no split 'validation' \(--test-split\); it has "
                                             r"\['train'\]"):
             load_catalog("eurosat/rgb", str(tmp_path), test_split="validation")

@@ -1,6 +1,5 @@
 """The error curves plot the history's numbers: checked on the figure's own line data."""
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from keras_fastres.plots import error_figure, plot_runs
@@ -24,12 +23,30 @@ def test_the_curves_are_the_errors_in_percent_per_epoch():
     assert axes.lines[1].get_linestyle() == "--"  # the training error, dashed
     assert axes.lines[0].get_color() == axes.lines[1].get_color()  # one colour per run
     assert axes.get_title() == "cifar10" and axes.get_ylabel() == "error (%)"
-    plt.close(figure)
     without_train = error_figure([("a", rows([0.5], [0.5]))])
     assert [line.get_label() for line in without_train.axes[0].lines] == ["a test"]
-    plt.close(without_train)
 
 
 def test_plot_runs_writes_a_png(tmp_path):
     plot_runs([("a", rows([0.5, 0.4], [0.5, 0.6]))], tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_plotting_leaves_matplotlibs_backend_alone(tmp_path):
+    """A notebook's backend stays its own: importing the plotting modules (executed again
+    here, as a first import would) and plotting switch nothing."""
+    import importlib
+
+    import matplotlib
+
+    from keras_fastres import compare, plots
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        importlib.reload(plots)
+        importlib.reload(compare)
+        plots.plot_runs([("a", rows([0.5, 0.4], [0.5, 0.6]))], tmp_path / "curve.png")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
+    finally:
+        matplotlib.use(previous)

@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import wait_for_backup, write_cifar_archive
 from keras_fastres import FastResNet, data, distribute
 from keras_fastres.callbacks import HistoryCSV, read_history
-from keras_fastres.commands.train import main, tensorflow_reason
-from keras_fastres.config import TrainConfig
+from keras_fastres.commands.train import main
+from keras_fastres.config import TrainConfig, check_last_batches
+from keras_fastres.errors import FastResWarning, tensorflow_reason
 from keras_fastres.lock import Busy, folder_lock
 from keras_fastres.run import write_outputs
+
+from conftest import wait_for_backup, write_cifar_archive
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = str(ROOT / "recipes" / "cifar10.py")
@@ -118,9 +120,10 @@ def test_history_rows_lost_during_a_run_are_written_again_with_a_warning(tmp_pat
     for epoch in range(3):
         history.on_epoch_end(epoch, {"loss": 1.0, "test_error": 0.5})
     path.unlink()  # deleted by someone while the run goes on
-    history.on_epoch_end(3, {"loss": 0.5, "test_error": 0.25})
+    with pytest.warns(FastResWarning, match=f"{path} lost the rows of epochs 1-3"):
+        history.on_epoch_end(3, {"loss": 0.5, "test_error": 0.25})
     assert [int(r["epoch"]) for r in read_history(path)] == [1, 2, 3, 4]
-    assert f"warning: {path} lost the rows of epochs 1-3" in capsys.readouterr().err
+    assert capsys.readouterr() == ("", "")  # the library warns; the command prints
 
 
 @pytest.mark.parametrize("link", ["backup", "run"])
@@ -152,6 +155,8 @@ def _hold(folder, barrier, log, hold_seconds):
             log.put(("out", os.getpid(), time.monotonic()))
     except Busy:
         log.put(("refused", os.getpid(), time.monotonic()))
+    finally:
+        log.put(("done", os.getpid(), time.monotonic()))  # its last event: every one is read
 
 
 def test_the_lock_admits_one_process_however_they_race(tmp_path):
@@ -165,10 +170,16 @@ def test_the_lock_admits_one_process_however_they_race(tmp_path):
                    for i in range(6)]
         for worker in workers:
             worker.start()
+        events, done = [], 0
+        while done < len(workers):  # (Queue.empty() may answer True before a put arrives)
+            event = log.get(timeout=60)
+            done += event[0] == "done"
+            events += [event] if event[0] != "done" else []
         for worker in workers:
             worker.join(60)
-        events = sorted((log.get() for _ in range(sum(1 for _ in workers) + 6)
-                         if not log.empty()), key=lambda e: e[2])
+        events.sort(key=lambda e: e[2])
+        assert len(events) == sum(2 if kind == "in" else kind == "refused"
+                                  for kind, _, _ in events)
         holders = 0
         for kind, _, _ in events:
             holders += {"in": 1, "out": -1, "refused": 0}[kind]
@@ -177,11 +188,11 @@ def test_the_lock_admits_one_process_however_they_race(tmp_path):
         assert not folder.exists()  # the last holder removed the folder it created
 
 
-def test_sigterm_stops_after_the_current_step_and_the_run_continues(tmp_path):
+def test_sigterm_stops_after_the_current_step_and_the_run_continues(tmp_path, capsys):
+    """SIGTERM to a process of its own; the run it leaves is continued in this one."""
     run = tmp_path / "run"
-    args = [RECIPE, *SMALL[:2], "256", "16", *SMALL[4:], "--epochs", "3", "--output-dir",
-            str(run)]
-    first = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
+    args = [*SMALL[:2], "256", "16", *SMALL[4:], "--epochs", "3", "--output-dir", str(run)]
+    first = subprocess.Popen([sys.executable, RECIPE, *args], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=ENV)
     wait_for_backup(run, first)
     first.send_signal(signal.SIGTERM)
@@ -189,10 +200,8 @@ def test_sigterm_stops_after_the_current_step_and_the_run_continues(tmp_path):
     assert first.returncode == 143, stderr
     assert stderr.strip().startswith("Terminated (SIGTERM). Run the same command again")
     assert list((run / "backup").glob("epoch-*")) and not (run / "metrics.json").exists()
-    second = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV,
-                            timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert "Resuming" in second.stdout
+    assert main(TrainConfig(), args) == 0
+    assert f"Resuming {run} after epoch" in capsys.readouterr().out
     assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [1, 2, 3]
 
 
@@ -226,17 +235,26 @@ def test_a_bad_tf_config_is_named(value, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_a_last_batch_smaller_than_the_replicas_is_refused_before_training(tmp_path):
-    result = subprocess.run(
-        [sys.executable, RECIPE, "--synthetic", "--synthetic-size", "65", "16", "--depth", "8",
-         "--batch-size", "32", "--strategy", "mirrored", "--cpu-replicas", "2",
-         "--output-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, env=ENV, timeout=300)
-    assert result.returncode == 2
-    assert result.stderr == (
-        "error: The last training batch holds 1 of the 65 images, fewer than the 2 replicas, "
-        "and each replica needs one; choose a --batch-size that leaves no remainder, or a "
-        "remainder of at least 2.\n")
+def test_a_last_batch_smaller_than_the_replicas_is_refused():
+    with pytest.raises(ValueError) as refused:
+        check_last_batches({"training": 65, "test": 16}, batch_size=32, replicas=2)
+    assert str(refused.value) == (
+        "The last training batch holds 1 of the 65 images, fewer than the 2 replicas, and "
+        "each replica needs one; choose a --batch-size that leaves no remainder, or a "
+        "remainder of at least 2.")
+    with pytest.raises(ValueError, match="last test batch holds 2 of the 34 images"):
+        check_last_batches({"training": 64, "test": 34}, batch_size=32, replicas=3)
+    check_last_batches({"training": 65, "test": 16}, batch_size=32, replicas=1)
+    check_last_batches({"training": 66, "test": 64}, batch_size=32, replicas=2)
+
+
+def test_the_run_checks_its_last_batches_before_training(tmp_path, capsys):
+    assert main(TrainConfig(), ["--synthetic", "--synthetic-size", "65", "16", "--depth", "8",
+                                "--batch-size", "32", "--strategy", "mirrored",
+                                "--cpu-replicas", "2", "--output-dir",
+                                str(tmp_path / "run")]) == 2
+    assert "The last training batch holds 1 of the 65 images" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("labels", [[12], [-1]])

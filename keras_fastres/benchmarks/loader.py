@@ -21,7 +21,7 @@ def run_loader_benchmark(directory, image_size=32, rounds=3, progress=None):
     for round_index in range(rounds):
         progress(f"round {round_index + 1}/{rounds}")
         start = time.perf_counter()
-        loaded = data.load_image_folder(directory, size, progress=False)
+        loaded = data.load_image_folder(directory, size)
         count = len(loaded.train.labels) + len(loaded.test.labels)
         per_round.append(count / (time.perf_counter() - start))
     result = {"directory": str(directory), "image_size": f"{size[0]}x{size[1]}",

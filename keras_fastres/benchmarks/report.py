@@ -5,8 +5,6 @@ Each benchmark module gives its table's `COLUMNS`, (title, result key, format) w
 and the method; `format_table` and `format_markdown` lay any report out with them.
 """
 
-import sys
-
 from keras_fastres import models
 
 
@@ -48,8 +46,3 @@ def format_markdown(report, columns, summary):
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join([summary, "", *lines])
 
-
-def print_progress(message):
-    """A one-line status on stderr: rewritten in place on a terminal, one line each elsewhere."""
-    print(f"\r\033[K{message}" if sys.stderr.isatty() else message, end="" if sys.stderr.isatty()
-          else "\n", file=sys.stderr, flush=True)

@@ -16,14 +16,16 @@ Under KERAS_BACKEND=jax or torch the models train with Keras's own train step on
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 import tensorflow as tf
 
-from keras_fastres import batch_norm, data
+from keras_fastres import batch_norm
 from keras_fastres.benchmarks import accelerator, inference, loader, pipeline, training
-from keras_fastres.benchmarks.report import format_markdown, format_table, print_progress
+from keras_fastres.benchmarks.report import format_markdown, format_table
+from keras_fastres.commands.output import print_progress, run_command
 from keras_fastres.config import PRECISIONS
 from keras_fastres.console import HelpFormatter, positive_integer, program, writable_file
 
@@ -102,41 +104,44 @@ def main(argv=None):
     tf.get_logger().setLevel("ERROR")  # one traced train function per model is expected
     if args.quick and not args.report:
         parser.error("--quick goes with --report")
-    try:
-        if args.report:
-            print(f"The report{' (quick)' if args.quick else ''}: training speed, steps per "
-                  f"call and data placement on this device.", file=sys.stderr)
-            report = accelerator.run_report(args.quick, progress=print_progress)
-        elif args.loader:
-            print(f"Benchmarking loading {args.loader} at {args.image_size}x{args.image_size}: "
-                  f"{args.rounds} rounds.", file=sys.stderr)
-            report = loader.run_loader_benchmark(args.loader, args.image_size, args.rounds,
+    if args.loader and not Path(args.loader).is_dir():
+        parser.error(f"--loader: {args.loader} is not a folder; give a folder of class folders "
+                     f"(DIR/<class>/<images>)")
+    return run_command(lambda: benchmark(args), log_level=logging.WARNING)
+
+
+def benchmark(args):
+    """Runs the benchmark `args` ask for and prints its table (and writes --json)."""
+    if args.report:
+        print(f"The report{' (quick)' if args.quick else ''}: training speed, steps per call "
+              f"and data placement on this device.", file=sys.stderr)
+        report = accelerator.run_report(args.quick, progress=print_progress)
+    elif args.loader:
+        print(f"Benchmarking loading {args.loader} at {args.image_size}x{args.image_size}: "
+              f"{args.rounds} rounds.", file=sys.stderr)
+        report = loader.run_loader_benchmark(args.loader, args.image_size, args.rounds,
+                                             progress=print_progress)
+    elif args.pipeline:
+        print(f"Benchmarking the training pipeline: batch {args.batch_size}, {args.rounds} "
+              f"epochs of 50,000 images at 32x32, then 64x64.", file=sys.stderr)
+        report = pipeline.run_pipeline_benchmark(args.batch_size, args.rounds,
                                                  progress=print_progress)
-        elif args.pipeline:
-            print(f"Benchmarking the training pipeline: batch {args.batch_size}, {args.rounds} "
-                  f"epochs of 50,000 images at 32x32, then 64x64.", file=sys.stderr)
-            report = pipeline.run_pipeline_benchmark(args.batch_size, args.rounds,
-                                                     progress=print_progress)
-        elif args.inference:
-            print(f"Benchmarking serving: depths {args.depths}, variants {args.variants}, "
-                  f"batch {args.batch_size} and batch 1, {args.rounds} rounds.", file=sys.stderr)
-            report = inference.run_inference_benchmark(
-                args.depths, args.variants, args.batch_size, args.rounds,
-                progress=print_progress)
-        else:
-            jit = {"auto": [None], "on": [True], "off": [False],
-                   "both": [False, True]}[args.jit_compile]
-            print(f"Benchmarking depths {args.depths}, variants {args.variants}, precisions "
-                  f"{args.precisions}, BN {args.batch_norm}, XLA {args.jit_compile}: batch "
-                  f"{args.batch_size}, {args.rounds} rounds x {args.steps} timed steps per "
-                  f"model.", file=sys.stderr)
-            report = training.run_benchmark(
-                args.depths, args.variants, args.batch_size, args.rounds, args.steps,
-                precisions=args.precisions, jit_compile=jit, batch_norms=args.batch_norm,
-                steps_per_execution=args.steps_per_execution, progress=print_progress)
-    except (ValueError, ImportError, data.DataUnavailableError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    elif args.inference:
+        print(f"Benchmarking serving: depths {args.depths}, variants {args.variants}, "
+              f"batch {args.batch_size} and batch 1, {args.rounds} rounds.", file=sys.stderr)
+        report = inference.run_inference_benchmark(
+            args.depths, args.variants, args.batch_size, args.rounds, progress=print_progress)
+    else:
+        jit = {"auto": [None], "on": [True], "off": [False],
+               "both": [False, True]}[args.jit_compile]
+        print(f"Benchmarking depths {args.depths}, variants {args.variants}, precisions "
+              f"{args.precisions}, BN {args.batch_norm}, XLA {args.jit_compile}: batch "
+              f"{args.batch_size}, {args.rounds} rounds x {args.steps} timed steps per "
+              f"model.", file=sys.stderr)
+        report = training.run_benchmark(
+            args.depths, args.variants, args.batch_size, args.rounds, args.steps,
+            precisions=args.precisions, jit_compile=jit, batch_norms=args.batch_norm,
+            steps_per_execution=args.steps_per_execution, progress=print_progress)
     print(file=sys.stderr)
     if report["kind"] == "report":
         text = accelerator.format_report(report)
@@ -151,7 +156,6 @@ def main(argv=None):
             json.dump(report, file, indent=2)
         if report["kind"] == "report":
             Path(args.json).with_suffix(".md").write_text(text + "\n")
-    return 0
 
 
 if __name__ == "__main__":

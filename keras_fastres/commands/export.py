@@ -4,10 +4,11 @@ ONNX model, in TF Serving's versioned layout (serving/export.py)."""
 import argparse
 import sys
 
+from keras_fastres.commands.output import run_command
 from keras_fastres.console import HelpFormatter, positive_integer, program
 from keras_fastres.machine import require_tensorflow_backend
-from keras_fastres.serving.export import (FORMATS, MODEL_FILE, ONNX_FILE, export_onnx,
-                                          export_saved_model, load_for_export)
+from keras_fastres.models import MODEL_FILE, load_model
+from keras_fastres.serving.export import FORMATS, ONNX_FILE, export_onnx, export_saved_model
 
 
 def main(argv=None):
@@ -28,9 +29,10 @@ def main(argv=None):
                         help="keep every BatchNorm (default: fold those that follow a "
                              "convolution into it)")
     args = parser.parse_args(argv)
-    try:
+
+    def export():
         require_tensorflow_backend("Export")
-        model = load_for_export(args.model)
+        model = load_model(args.model)
         version = "auto" if args.version is None else args.version
         if args.format == "onnx":
             target = export_onnx(model, args.export_dir, fold_batch_norm=not args.no_fold,
@@ -38,11 +40,8 @@ def main(argv=None):
         else:
             target = export_saved_model(model, args.export_dir, version,
                                         fold_batch_norm=not args.no_fold)
-    except (OSError, ValueError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"Wrote {target}")
-    return 0
+        print(f"Wrote {target}")
+    return run_command(export)
 
 
 if __name__ == "__main__":

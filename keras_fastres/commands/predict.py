@@ -4,6 +4,7 @@ server (serving/predict.py)."""
 import argparse
 import sys
 
+from keras_fastres.commands.output import run_command
 from keras_fastres.console import HelpFormatter, positive_integer, program
 from keras_fastres.serving.predict import predict
 
@@ -17,14 +18,11 @@ def main(argv=None):
     parser.add_argument("--top", type=positive_integer, default=3,
                         help="how many classes to print per image")
     args = parser.parse_args(argv)
-    try:
-        results = predict(args.export_dir, args.images, args.top)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for path, classes in results:
-        print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in classes))
-    return 0
+
+    def show_predictions():
+        for path, classes in predict(args.export_dir, args.images, args.top):
+            print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in classes))
+    return run_command(show_predictions)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import tensorflow as tf
-
-from keras_fastres import data
+from keras_fastres.commands.output import is_tensorflow_error, progress_bar, run_command
 from keras_fastres.compare import compare_runs
 from keras_fastres.config import TrainConfig, option_name, option_word, value_of_word
 from keras_fastres.console import HelpFormatter, program
-from keras_fastres.lock import Busy
-from keras_fastres.run import RunFailed, RunRefused, Terminated, train
+from keras_fastres.run import train
 
 
 def auto_or(kind):
@@ -86,17 +83,6 @@ def parse_args(defaults, argv=None, choose_dataset=False):
         for field in options(defaults, choose_dataset)})
 
 
-def tensorflow_reason(message):
-    """The line of a TensorFlow error message that says what went wrong. A graph error begins
-    "Graph execution error:", then where it was detected and a stack, then the reason, then
-    the node's name in [[...]]; other errors say it first."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if lines and lines[0] == "Graph execution error:":
-        lines = [line for line in lines[1:]
-                 if not line.startswith(("Detected at", "File ", "<", "[["))]
-    return lines[0].split(" [[")[0] if lines else "no detail"
-
-
 def command(argv=None):
     """fastres-train: the paper's recipe on CIFAR-10, CIFAR-100 (--dataset cifar100), a TFDS
     catalog data set (--dataset tfds:NAME) or a folder of images (--data DIR)."""
@@ -105,40 +91,38 @@ def command(argv=None):
 
 def main(defaults, argv=None, choose_dataset=False):
     """Entry point of the recipes (and fastres-train, with `choose_dataset`): parse, train,
-    print the result; errors as one clear line."""
+    print the result; errors as one clear line (commands/output.py's exit statuses)."""
     parsed = parse_args(defaults, argv, choose_dataset)
-    try:
-        if isinstance(parsed, argparse.Namespace):
-            folder = Path(parsed.output_dir) if parsed.output_dir else Path(
-                parsed.compare[0]).resolve().parent
-            print(compare_runs(parsed.compare, folder / "comparison.png"))
-            print(f"Wrote {folder / 'comparison.png'}")
-            return 0
-        metrics = train(parsed)
-    except (ValueError, data.DataUnavailableError, RunFailed, RunRefused, Busy,
-            OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, ValueError) else 1
-    except tf.errors.OpError as error:
-        message = f"error: TensorFlow: {tensorflow_reason(error.message)}"
-        if parsed.strategy == "multi-worker":
+    if isinstance(parsed, argparse.Namespace):
+        return run_command(lambda: compare(parsed))
+    backup = parsed.run_dir() / "backup"
+
+    def advice(error):
+        if parsed.strategy == "multi-worker" and is_tensorflow_error(error):
             # A lost worker aborts every other worker's collectives.
-            message += (f"\nIf a worker was lost, start every worker again with the same "
-                        f"command: the run continues from its last finished epoch (saved in "
-                        f"{parsed.run_dir() / 'backup'}).")
-        print(message, file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as stop:
-        print(f"\n{'Terminated (SIGTERM)' if isinstance(stop, Terminated) else 'Interrupted'}. "
-              f"Run the same command again to continue from the last finished epoch (saved in "
-              f"{parsed.run_dir() / 'backup'}).", file=sys.stderr)
-        return 143 if isinstance(stop, Terminated) else 130
+            return (f"If a worker was lost, start every worker again with the same command: "
+                    f"the run continues from its last finished epoch (saved in {backup}).")
+        return ""
+    return run_command(lambda: train_and_report(parsed), advice=advice, stopped_hint=(
+        f"Run the same command again to continue from the last finished epoch (saved in "
+        f"{backup})."))
+
+
+def compare(parsed):
+    folder = Path(parsed.output_dir) if parsed.output_dir else Path(
+        parsed.compare[0]).resolve().parent
+    print(compare_runs(parsed.compare, folder / "comparison.png"))
+    print(f"Wrote {folder / 'comparison.png'}")
+
+
+def train_and_report(config):
+    progress = progress_bar("Decoding") if config.data and sys.stdout.isatty() else None
+    metrics = train(config, progress)
     print(f"test error {100 * metrics['test_error']:.2f}%, "
           f"{metrics['mean_epoch_seconds']:.2f} s/epoch "
           f"({metrics['images_per_second']:.0f} images/s) on {metrics['device']}; "
           + (f"outputs in {metrics['outputs']}" if metrics["outputs"] else
              "this worker wrote nothing; the chief wrote the outputs"))
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,18 +6,48 @@
     folder.py    a folder of class folders (--data DIR)
     splits.py    what they return and share: Split, ImageData, the stratified hold-out
     pipeline.py  TrainingData (shuffle, crop, flip per epoch) and test_dataset
+
+Each loader takes explicit arguments (a training run picks one from its settings: run.py).
 """
 
 from keras_fastres.data.catalog import PREFIX as TFDS_PREFIX
 from keras_fastres.data.catalog import load_catalog
-from keras_fastres.data.cifar import (ARCHIVES, CLASS_NAMES, DATASETS, SOURCES, check_dataset,
-                                      check_source, load_cifar, synthetic_cifar)
+from keras_fastres.data.cifar import (
+    ARCHIVES,
+    CLASS_NAMES,
+    DATASETS,
+    SOURCES,
+    check_dataset,
+    check_source,
+    load_cifar,
+    synthetic_cifar,
+)
 from keras_fastres.data.folder import image_size_pair, load_image_folder
-from keras_fastres.data.pipeline import (EXTRA_AUGMENTATIONS, TrainingData, augmentation_draws,
-                                         check_extra_augmentation, crop_and_flip, mixes_labels,
-                                         test_dataset)
-from keras_fastres.data.splits import (DataUnavailableError, ImageData, Split,
-                                       channel_statistics, check_validation_fraction)
+from keras_fastres.data.pipeline import (
+    EXTRA_AUGMENTATIONS,
+    TrainingData,
+    augmentation_draws,
+    check_extra_augmentation,
+    crop_and_flip,
+    mixes_labels,
+    test_dataset,
+)
+from keras_fastres.data.splits import (
+    DataUnavailableError,
+    ImageData,
+    Split,
+    channel_statistics,
+    check_validation_fraction,
+)
+
+__all__ = [
+    "ARCHIVES", "CLASS_NAMES", "DATASETS", "EXTRA_AUGMENTATIONS", "SOURCES", "TFDS_PREFIX",
+    "DataUnavailableError", "ImageData", "Split", "TrainingData", "augmentation_draws",
+    "channel_statistics", "check_dataset", "check_dataset_name", "check_extra_augmentation",
+    "check_source", "check_validation_fraction", "crop_and_flip", "image_size_pair", "is_cifar",
+    "load_catalog", "load_cifar", "load_image_folder", "mixes_labels", "synthetic_cifar",
+    "test_dataset",
+]
 
 
 def is_cifar(dataset):
@@ -31,18 +61,3 @@ def check_dataset_name(dataset):
         raise ValueError(f"dataset must be one of {DATASETS} or tfds:NAME (a TFDS catalog "
                          f"name, e.g. tfds:svhn_cropped), got {dataset!r}; for a folder of "
                          f"your own images, use --data DIR.")
-
-
-def load(config, seed):
-    """The data set a training configuration names (config.py's TrainConfig): its --data
-    folder, its TFDS catalog data set, or CIFAR from its source."""
-    size = image_size_pair(config.image_size)
-    if config.data:
-        max_memory = None if config.max_memory is None else int(config.max_memory * 2 ** 30)
-        return load_image_folder(config.data, size, config.validation_fraction,
-                                 max_memory=max_memory)
-    if not is_cifar(config.dataset):
-        return load_catalog(config.dataset[len(TFDS_PREFIX):], config.data_dir, size,
-                            config.train_split, config.test_split, config.validation_fraction)
-    return load_cifar(config.dataset, config.source, config.data_dir,
-                      synthetic_size=config.synthetic_size, seed=seed)

@@ -9,12 +9,21 @@ from contextlib import contextmanager
 import numpy as np
 import tensorflow as tf
 
-from keras_fastres.data.splits import (DataUnavailableError, ImageData, Split, check_labels,
-                                       check_validation_fraction, holdout, split_by)
+from keras_fastres.data.splits import (
+    DataUnavailableError,
+    ImageData,
+    Split,
+    check_labels,
+    check_validation_fraction,
+    holdout,
+    split_by,
+)
 
 PREFIX = "tfds:"
 EXAMPLES = "tfds:svhn_cropped, tfds:fashion_mnist, tfds:eurosat/rgb"
 DEFAULT_TEST_SPLIT = "test"  # held out of the training split when the data set has none
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -50,7 +59,7 @@ def prepared_builder(name, data_dir, download, help_text="", check_network=None)
                 f"is off. {help_text}".strip())
         if check_network:
             check_network(builder)
-        print(f"Downloading and preparing {name} into {builder.data_dir} ...", flush=True)
+        log.info("Downloading and preparing %s into %s ...", name, builder.data_dir)
         builder.download_and_prepare()
     return builder
 
@@ -111,8 +120,9 @@ def load_catalog(name, data_dir=None, image_size=(32, 32), train_split="train",
     try:
         train = read_split(builder, train_split, image_size)
         if held_out:
-            print(f"{name} has no {test_split!r} split: holding out {validation_fraction:.0%} of "
-                  f"{train_split!r} (stratified, seed 0) as the test split.", flush=True)
+            log.info(f"{name} has no {test_split!r} split: holding out "
+                     f"{validation_fraction:.0%} of {train_split!r} (stratified, seed 0) as "
+                     f"the test split.")
             train_index, test_index = holdout(train.labels, validation_fraction)
             train, test = split_by(train, train_index), split_by(train, test_index)
         else:

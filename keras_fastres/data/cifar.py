@@ -72,8 +72,9 @@ def check_source(source):
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
 
 
-def load_cifar(name="cifar10", source="tfds", data_dir=None, download=True,
-               synthetic_size=(1024, 256), seed=0):
+def load_cifar(name: str = "cifar10", source: str = "tfds", data_dir: str | None = None,
+               download: bool = True, synthetic_size: tuple[int, int] = (1024, 256),
+               seed: int = 0) -> ImageData:
     """Loads both splits of CIFAR-10 or CIFAR-100 into memory.
 
     Args:
@@ -106,7 +107,8 @@ def load_cifar(name="cifar10", source="tfds", data_dir=None, download=True,
     return cifar
 
 
-def synthetic_cifar(name="cifar10", train_size=1024, test_size=256, seed=0):
+def synthetic_cifar(name: str = "cifar10", train_size: int = 1024, test_size: int = 256,
+                    seed: int = 0) -> ImageData:
     """Random uint8 images and labels with CIFAR's shapes. Not data to learn from."""
     check_dataset(name)
     rng = np.random.default_rng(seed)

@@ -14,18 +14,27 @@ decoded is skipped and named in one warning; so is one whose header declares mor
 
 import concurrent.futures
 import hashlib
+import logging
 import math
 import os
-import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from keras_fastres.data.splits import (DataUnavailableError, ImageData, Split,
-                                       check_validation_fraction, holdout)
+from keras_fastres.data.splits import (
+    DataUnavailableError,
+    ImageData,
+    Split,
+    check_validation_fraction,
+    holdout,
+)
+from keras_fastres.errors import FastResWarning, summary
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_PIXELS = 64 * 2 ** 20  # 64 megapixels: 8192x8192, or a 50-megapixel camera's photo
@@ -52,7 +61,7 @@ def decode_image(path, height, width, max_pixels=MAX_PIXELS):
     try:
         image = Image.open(path)  # reads the header only
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(_reason(error)) from None
+        raise ValueError(summary(error)) from None
     with image:
         columns, rows = image.size
         if columns * rows > max_pixels:
@@ -71,11 +80,7 @@ def decode_image(path, height, width, max_pixels=MAX_PIXELS):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
         except (OSError, SyntaxError, ValueError) as error:  # Pillow's "damaged"
-            raise ValueError(_reason(error)) from None
-
-
-def _reason(error):
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(summary(error)) from None
 
 
 def _class_folders(root):
@@ -209,27 +214,10 @@ def _decode_all(files, height, width, max_pixels, progress):
     return Split(images, labels), [(files[i][0], skipped[i]) for i in sorted(skipped)]
 
 
-def _progress_printer(total, label):
-    """A progress bar on a terminal; a line at the start and at the end otherwise (stdout, as
-    the training's progress)."""
-    start = time.perf_counter()
-    if sys.stdout.isatty():
-        def show(done):
-            filled = 30 * done // total
-            end = f" in {time.perf_counter() - start:.1f} s\n" if done == total else ""
-            print(f"\r{label}: [{'=' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}{end}",
-                  end="", flush=True)
-    else:
-        print(f"{label}: {total:,} files ...", flush=True)
-
-        def show(done):
-            if done == total:
-                print(f"{label}: done in {time.perf_counter() - start:.1f} s", flush=True)
-    return show
-
-
-def load_image_folder(directory, image_size=32, validation_fraction=0.1, seed=0,
-                      max_memory=None, max_pixels=MAX_PIXELS, progress=True):
+def load_image_folder(directory: str | os.PathLike, image_size: int | Sequence[int] = 32,
+                      validation_fraction: float = 0.1, seed: int = 0,
+                      max_memory: int | None = None, max_pixels: int = MAX_PIXELS,
+                      progress: Callable[[int, int], None] | None = None) -> ImageData:
     """Loads a folder of class folders into memory, as `load_cifar` loads CIFAR.
 
     Args:
@@ -242,7 +230,9 @@ def load_image_folder(directory, image_size=32, validation_fraction=0.1, seed=0,
         max_memory: bytes the decoded images may take (N * H * W * 3); default half of the
             machine's memory. Checked before any image is decoded.
         max_pixels: images whose header declares more pixels are skipped, not decoded.
-        progress: show decoding progress on stdout.
+        progress: None, or a callable `progress(done, total)` told how many files are
+            decoded, e.g. to draw a bar. The start and the end are logged (INFO, logger
+            keras_fastres.data.folder); skipped files are a `FastResWarning`.
 
     Returns:
         `ImageData`: `train` and `test` splits of uint8 images `(N, H, W, 3)` and int64 labels
@@ -262,22 +252,27 @@ def load_image_folder(directory, image_size=32, validation_fraction=0.1, seed=0,
         train, test = [train[i] for i in train_index], [train[i] for i in test_index]
     check_memory(len(train) + len(test), height, width,
                  default_max_memory() if max_memory is None else max_memory)
-    show = _progress_printer(len(train) + len(test), f"Decoding {root}") if progress else None
+    total = len(train) + len(test)
+    log.info("Decoding %s: %s files ...", root, f"{total:,}")
+    start = time.perf_counter()
+    show = progress or (lambda done, total: None)
     splits, skipped = [], []
     with warnings.catch_warnings():  # Pillow's own bomb warning: such files are skipped here
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for files, offset in ((train, 0), (test, len(train))):
             split, lost = _decode_all(files, height, width, max_pixels,
-                                      (lambda done, o=offset: show(o + done)) if show else
-                                      (lambda done: None))
+                                      lambda done, o=offset: show(o + done, total))
             splits.append(split)
             skipped += lost
+    log.info("Decoding %s: done in %.1f s", root, time.perf_counter() - start)
     if skipped:
         shown = "; ".join(f"{path} ({reason})" for path, reason in skipped[:SHOWN_SKIPPED])
-        print(f"warning: skipped {len(skipped)} of {len(train) + len(test)} image files that "
-              f"could not be used: {shown}{'; ...' if len(skipped) > SHOWN_SKIPPED else ''}",
-              file=sys.stderr, flush=True)
-    data = ImageData(f"folder:{root}", *splits, names, skipped=[str(path) for path, _ in skipped],
+        warnings.warn(f"skipped {len(skipped)} of {total} image files that could not be used: "
+                      f"{shown}{'; ...' if len(skipped) > SHOWN_SKIPPED else ''}",
+                      FastResWarning, stacklevel=2)
+    train_split, test_split = splits
+    data = ImageData(f"folder:{root}", train_split, test_split, tuple(names),
+                     skipped=[str(path) for path, _ in skipped],
                      files_digest=files_digest(root, train, test))
     missing = sorted(set(range(len(names))) - set(np.unique(data.train.labels).tolist()))
     if missing:  # every training image of a class could not be decoded

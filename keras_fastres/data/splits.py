@@ -31,11 +31,12 @@ class ImageData:
     files_digest: str | None = None
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return len(self.class_names)
 
     @property
-    def image_shape(self):
+    def image_shape(self) -> tuple:
+        """(H, W, 3) of every image."""
         return tuple(self.train.images.shape[1:])
 
 

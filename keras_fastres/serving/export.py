@@ -23,7 +23,6 @@ import os
 import shutil
 import tempfile
 import threading
-import zipfile
 from pathlib import Path
 
 import keras
@@ -33,7 +32,6 @@ from keras_fastres.files import remove_leftovers, temporary_sibling
 from keras_fastres.machine import require_tensorflow_backend
 from keras_fastres.serving.folding import fold_batch_norms
 
-MODEL_FILE = "model.keras"  # what the recipes save at the end of a run
 ONNX_FILE = "model.onnx"  # in <export-dir>/<version>/, the layout Triton's ONNX backend reads
 ONNX_OPSET = 17
 FORMATS = ("saved_model", "onnx")
@@ -235,7 +233,8 @@ def export_onnx(model: keras.Model, path: str | os.PathLike, fold_batch_norm: bo
     try:
         import tf2onnx
         from tensorflow.python.framework.convert_to_constants import (
-            convert_variables_to_constants_v2)
+            convert_variables_to_constants_v2,
+        )
     except ImportError:
         raise ImportError('ONNX export needs tf2onnx: pip install "keras-fastres[onnx]".') from None
     height, width = _input_size(model)
@@ -291,24 +290,3 @@ def _rename_values(graph, names):
     for node in graph.node:
         node.input[:] = [names.get(name, name) for name in node.input]
         node.output[:] = [names.get(name, name) for name in node.output]
-
-
-def load_for_export(path):
-    """The Keras model of a recipe run directory, or of a .keras file. (The block layers it
-    needs are registered: importing this module imported the keras_fastres package.)"""
-    path = Path(path)
-    model_file = path / MODEL_FILE if path.is_dir() else path
-    if not model_file.is_file():
-        raise FileNotFoundError(
-            f"No model at {model_file}. Give a finished recipe run directory (it holds "
-            f"{MODEL_FILE}) or a .keras file.")
-    if not zipfile.is_zipfile(model_file):  # Keras would call it "File not found"
-        raise ValueError(
-            f"{model_file} is not a complete .keras file (a zip archive; this one, "
-            f"{model_file.stat().st_size} bytes, is truncated or damaged). Save the model again, "
-            f"or train its run again.")
-    try:
-        return keras.saving.load_model(model_file)
-    except (TypeError, ValueError, KeyError, OSError) as error:
-        raise ValueError(f"{model_file} cannot be loaded as a Keras model: "
-                         f"{str(error).splitlines()[0][:300]}") from None

@@ -13,12 +13,13 @@ import tensorflow as tf
 
 from keras_fastres.console import check_positive_integers
 from keras_fastres.data.folder import decode_image
+from keras_fastres.errors import DamagedFile, summary
 from keras_fastres.serving.export import CLASS_NAMES_FILE
 
 
 def find_saved_model(export_dir):
     """`export_dir` itself if it holds a SavedModel, else its highest numbered version; a
-    FileNotFoundError that says what the folder holds instead (an ONNX export, a run)."""
+    ValueError that says what the folder holds instead (an ONNX export, a run)."""
     root = Path(export_dir)
     if (root / "saved_model.pb").is_file():
         return root
@@ -34,19 +35,18 @@ def find_saved_model(export_dir):
                 f"(--export), or export it first with fastres-export --model {root}.")
     else:
         hint = ""
-    raise FileNotFoundError(f"No SavedModel in {root} nor in a numbered version below it."
-                            + hint)
+    raise ValueError(f"No SavedModel in {root} nor in a numbered version below it." + hint)
 
 
 def load_serving_function(path):
     """The `serving_default` signature of the SavedModel at `path`, checked to be one that
-    fastres-export wrote (uint8 `images` in), or a ValueError naming the folder."""
+    fastres-export wrote (uint8 `images` in): a `DamagedFile` when it cannot be loaded, a
+    ValueError when it is another kind of model, each naming the folder."""
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as error:  # damaged files fail in many ways (IndexError, DecodeError...)
-        reason = getattr(error, "message", None) or str(error)
-        raise ValueError(f"{path} is not a complete SavedModel (truncated or damaged files?): "
-                         f"{reason.strip().splitlines()[0][:200]}") from None
+        raise DamagedFile(f"{path} is not a complete SavedModel (truncated or damaged files?): "
+                          f"{summary(error)[:200]}") from None
     serve = getattr(loaded, "signatures", {}).get("serving_default")
     inputs = serve.structured_input_signature[1] if serve is not None else {}
     if getattr(inputs.get("images"), "dtype", None) != tf.uint8:
@@ -59,11 +59,11 @@ def load_serving_function(path):
 
 def load_image(path, height, width):
     """uint8 [height, width, 3] pixels of a PNG, JPEG, GIF or BMP file, resized as the
-    training images of an image folder are."""
+    training images of an image folder are; a `DamagedFile` when it cannot be read."""
     try:
         return decode_image(path, height, width)
     except ValueError as error:
-        raise ValueError(f"Cannot read {path}: it is not a PNG, JPEG, GIF or BMP image, or it "
+        raise DamagedFile(f"Cannot read {path}: it is not a PNG, JPEG, GIF or BMP image, or it "
                          f"is damaged ({error}).") from None
 
 

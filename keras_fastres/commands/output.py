@@ -1,0 +1,105 @@
+"""How the commands speak and end; the library itself only returns, logs and warns.
+
+`run_command(body)` runs a command's work with:
+    the library's log records (logger "keras_fastres", INFO) on stdout, one line each;
+    its warnings (`errors.FastResWarning`) as one "warning: ..." line each on stderr;
+    SIGTERM raising `errors.Terminated`, so that cleanup runs;
+    one exit status per kind of error (`exit_status`), the error as one "error: ..." line.
+"""
+
+import contextlib
+import logging
+import sys
+import time
+import warnings
+
+from keras_fastres.errors import FastResWarning, Terminated, stop_on_sigterm, summary
+
+USAGE = 2  # a setting or argument that is wrong (argparse's own status too)
+FAILED = 1  # work that failed or was refused
+
+
+def exit_status(error: BaseException) -> int:
+    """The exit status of a command stopped by `error`: 143 for SIGTERM, 130 for Ctrl-C, 2 for
+    a wrong argument or setting (ValueError), 1 for anything that failed or was refused."""
+    if isinstance(error, Terminated):
+        return 143
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    return USAGE if isinstance(error, ValueError) else FAILED
+
+
+def is_tensorflow_error(error):
+    return type(error).__module__.startswith("tensorflow") and hasattr(error, "message")
+
+
+@contextlib.contextmanager
+def speaking(level=logging.INFO):
+    """The library's log records of `level` and above on stdout and its warnings on stderr,
+    for the duration."""
+    logger = logging.getLogger("keras_fastres")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, FastResWarning):
+                print(f"warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+        warnings.showwarning = show
+        warnings.simplefilter("always", FastResWarning)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(previous_level)
+
+
+ERRORS = (ValueError, RuntimeError, OSError, ImportError)  # and TensorFlow's
+
+
+def run_command(body, stopped_hint="", advice=None, log_level=logging.INFO):
+    """`body()`'s exit status (0 when it returns None), or the status of the error that
+    stopped it (`exit_status`) after one line on stderr: "error: ..." for ERRORS and
+    TensorFlow's errors (with `advice(error)` on a second line, when it gives one); for Ctrl-C
+    and SIGTERM, what stopped it and `stopped_hint`. Other exceptions are bugs and keep their
+    traceback."""
+    try:
+        with speaking(log_level), stop_on_sigterm():
+            return body() or 0
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "Terminated (SIGTERM)" if isinstance(stop, Terminated) else "Interrupted"
+        print(f"\n{what}.{' ' + stopped_hint if stopped_hint else ''}", file=sys.stderr)
+        return exit_status(stop)
+    except Exception as error:
+        if not (isinstance(error, ERRORS) or is_tensorflow_error(error)):
+            raise
+        prefix = "TensorFlow: " if is_tensorflow_error(error) else ""
+        more = advice(error) if advice else ""
+        print(f"error: {prefix}{summary(error)}" + (f"\n{more}" if more else ""),
+              file=sys.stderr)
+        return exit_status(error)
+
+
+def progress_bar(label):
+    """A `progress(done, total)` callable drawing a bar rewritten in place on stdout, for a
+    terminal (elsewhere the library's start and end log lines say enough)."""
+    start = time.perf_counter()
+
+    def show(done, total):
+        filled = 30 * done // max(total, 1)
+        end = f" in {time.perf_counter() - start:.1f} s\n" if done == total else ""
+        print(f"\r{label}: [{'=' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}{end}",
+              end="", flush=True)
+    return show
+
+
+def print_progress(message):
+    """A one-line status on stderr: rewritten in place on a terminal, one line each elsewhere."""
+    print(f"\r\033[K{message}" if sys.stderr.isatty() else message,
+          end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)

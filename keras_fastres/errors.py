@@ -1,0 +1,67 @@
+"""What the package raises and warns, and an exception said in one line.
+
+The kinds, by base class (commands/output.py turns them into exit statuses):
+    ValueError      a setting or argument that is wrong (exit status 2 in the commands)
+    RuntimeError    work that failed or was refused: a damaged file, a busy or finished run,
+                    data that cannot be had, a loss that became NaN (exit status 1)
+    OSError         a file that cannot be read or written (exit status 1)
+    Terminated      SIGTERM (exit status 143)
+
+This module imports only the standard library.
+"""
+
+import contextlib
+import signal
+
+
+class FastResWarning(UserWarning):
+    """Something the package worked around and the user should know: files skipped, a damaged
+    backup passed over, history rows written again. The commands show each as one
+    "warning: ..." line."""
+
+
+class DamagedFile(RuntimeError):
+    """A file the work needs is there but cannot be used (truncated, damaged)."""
+
+
+class Terminated(Exception):
+    """The process received SIGTERM (a scheduler preempting it, `kill`): raised in the main
+    thread as soon as Python runs again, e.g. after the current training step."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM raises Terminated for the duration, so that cleanup runs. Every file the package
+    writes appears only when complete, so stopping anywhere loses at most the unfinished
+    part."""
+    def terminate(signum, frame):
+        raise Terminated
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def tensorflow_reason(message: str) -> str:
+    """The line of a TensorFlow error message that says what went wrong. A graph error begins
+    "Graph execution error:", then where it was detected and a stack, then the reason, then
+    the node's name in [[...]]; other errors say it first."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if lines and lines[0] == "Graph execution error:":
+        lines = [line for line in lines[1:]
+                 if not line.startswith(("Detected at", "File ", "<", "[["))]
+    return lines[0].split(" [[")[0] if lines else "no detail"
+
+
+def summary(error: BaseException) -> str:
+    """`error` in one line: an OSError's reason (strerror, with the file it names), a
+    TensorFlow error's reason, or the first line of the message; the exception's type name
+    when it has no message."""
+    message = getattr(error, "message", None)  # TensorFlow's OpError
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f": {error.filename}" if error.filename else "")
+    if isinstance(message, str) and type(error).__module__.startswith("tensorflow"):
+        return tensorflow_reason(message)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
