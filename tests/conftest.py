@@ -100,3 +100,18 @@ def run_recipe(name, args, monkeypatch):
     except SystemExit as exit:
         return exit.code
     raise AssertionError(f"recipes/{name}.py returned without an exit status")
+
+
+class FakeClock:
+    """A `time` stand-in for a benchmark module: its perf_counter moves only when a test says
+    a timed call took so long, so what the report says can be derived from what the calls
+    took (an oracle independent of the report's own arithmetic)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds

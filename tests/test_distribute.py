@@ -139,7 +139,7 @@ def test_two_localhost_workers_train_as_one_device_with_their_global_batch(tmp_p
 
 
 def test_a_killed_worker_restarted_with_the_cluster_resumes(tmp_path):
-    ports, run, epochs = free_ports(2), tmp_path / "run", 6
+    ports, run, epochs = free_ports(2), tmp_path / "run", 4
     args = ["--synthetic", "--synthetic-size", "256", "64", "--depth", "8", "--epochs",
             str(epochs), "--strategy", "multi-worker", "--output-dir", str(run)]
     worker, chief = start(args, tf_config_value=tf_config(ports, 1)), start(

@@ -116,9 +116,19 @@ def test_aliases():
     assert len([layer for layer in model.layers if layer.name.startswith("stage")]) == 54
     assert trainable_parameters(model) == expected_trainable_parameters(110, "type1", "A")
     assert FastResNet20("preact").name == "resnet20_preact"
+
+
+def test_each_alias_builds_its_depth(monkeypatch):
+    """What each alias asks FastResNet for (recorded, not built: 668 and 1202 are large)."""
+    from keras_fastres import models
+    asked = []
+    monkeypatch.setattr(models, "FastResNet", lambda *args, **kwargs: asked.append(
+        (args, kwargs)))
     for depth in (20, 32, 44, 56, 110, 668, 1202):
-        alias = getattr(keras_fastres, f"FastResNet{depth}")
-        assert alias.__name__ == f"FastResNet{depth}" and str(depth) in alias.__doc__
+        getattr(keras_fastres, f"FastResNet{depth}")()
+        getattr(keras_fastres, f"FastResNet{depth}")("preact", num_classes=100)
+    assert asked == [call for depth in (20, 32, 44, 56, 110, 668, 1202) for call in (
+        ((depth, "type1"), {}), ((depth, "preact"), {"num_classes": 100}))]
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,25 @@ def model_weights(path):
     return keras.saving.load_model(path).get_weights()
 
 
+def test_without_network_the_tfds_recipe_fails_fast_with_a_clear_message(tmp_path, capsys):
+    """No network (the socket refuses, as without a route): one line within seconds. (With a
+    network the recipe would download CIFAR-100; this machine's network is not asked.)"""
+    from unittest import mock
+
+    from keras_fastres import data
+    start = time.monotonic()
+    with mock.patch.dict("os.environ", {"https_proxy": "", "HTTPS_PROXY": ""}), \
+            mock.patch.object(data.cifar.socket, "create_connection",
+                              side_effect=OSError("no route")):
+        code = main(TrainConfig(dataset="cifar100"), ["--depth", "20", "--data-dir",
+                                                      str(tmp_path / "tfds")])
+    assert time.monotonic() - start < 60
+    error = capsys.readouterr().err
+    assert code == 1 and error.startswith("error: ") and error.count("\n") == 1, error
+    assert "cannot be reached" in error and "--source archive" in error
+    assert "--synthetic" in error
+
+
 @pytest.mark.parametrize("args, message", [
     (["--depth", "21", "--synthetic"], "6n + 2"),
     (["--source", "archive"], "needs data_dir"),
@@ -169,13 +189,16 @@ def test_precision_policies_and_loss_scaling(precision, compute):
         build_and_compile(TrainConfig(depth=8, precision="float8"), num_classes=10)
 
 
-def test_xla_defaults_to_off_on_cpus():
+def test_xla_defaults_to_on_with_gpus_only():
+    import tensorflow as tf
+
     from keras_fastres.config import build_and_compile
     from keras_fastres.machine import resolve_jit_compile
 
-    assert resolve_jit_compile(None) is False  # no GPU here
-    assert resolve_jit_compile(True) is True
-    assert build_and_compile(TrainConfig(depth=8), 10).jit_compile is False
+    gpus = bool(tf.config.list_physical_devices("GPU"))
+    assert resolve_jit_compile(None) is gpus
+    assert resolve_jit_compile(True) is True and resolve_jit_compile(False) is False
+    assert build_and_compile(TrainConfig(depth=8), 10).jit_compile is gpus
     config = parse_args(TrainConfig(), ["--jit-compile", "on", "--precision", "mixed_bfloat16"])
     assert config.jit_compile is True and config.precision == "mixed_bfloat16"
 
