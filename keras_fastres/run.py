@@ -108,7 +108,7 @@ def train(config: TrainConfig, progress=None) -> dict:
     """Runs (or resumes) one experiment and returns its metrics dict (on every worker; only
     the chief writes outputs). `progress`: None, or `progress(done, total)` told how many
     files of an image folder are decoded (`load_image_folder`). Says what it does through the
-    logger "keras_fastres.run" (INFO) and `FastResWarning`s."""
+    logger "keras_fastres" (INFO) and `FastResWarning`s."""
     require_tensorflow_backend("Training with the recipes")
     check_config(config)
     run_dir = config.run_dir()

@@ -166,3 +166,25 @@ def test_the_quiet_start_only_quiets_commands(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", sys.modules.get("tensorflow"))
     with console.quiet_tensorflow_start():  # TensorFlow already imported: nothing to hide
         assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+
+
+def test_the_quiet_start_hides_what_is_written_to_descriptor_2_while_tensorflow_loads(
+        monkeypatch, capfd):
+    """In a command, before TensorFlow is imported (here: as if it were not), the C++ runtime's
+    start-up lines written straight to file descriptor 2 are dropped; Python's own stderr
+    still reaches the terminal, and descriptor 2 is whole again afterwards."""
+    from keras_fastres import console
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/fastres-train"])
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    python_stderr = sys.stderr
+    with console.quiet_tensorflow_start():
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+        os.write(2, b"cuInit failed: a C++ start-up line\n")
+        print("a Python warning", file=sys.stderr, flush=True)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    assert sys.stderr is python_stderr
+    os.write(2, b"after\n")
+    error = capfd.readouterr().err
+    assert "a C++ start-up line" not in error
+    assert "a Python warning" in error and error.endswith("after\n")

@@ -86,3 +86,37 @@ def test_only_the_commands_parse_arguments():
                    if isinstance(node, ast.Import) for alias in node.names}
         if not module.startswith("keras_fastres.commands") and module != "keras_fastres.console":
             assert "argparse" not in imports, module
+
+
+def test_only_the_commands_print_or_switch_global_state():
+    """The library returns, logs and warns: no print() and no matplotlib.use() outside
+    commands/ (console.py's quiet start redirects a descriptor, and prints nothing)."""
+    for module, path in ((module_name(p), p) for p in PACKAGE.rglob("*.py")):
+        if module.startswith("keras_fastres.commands"):
+            continue
+        calls = [node.func for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Call)]
+        printed = [f"line {c.lineno}" for c in calls if isinstance(c, ast.Name) and c.id == "print"]
+        switched = [f"line {c.lineno}" for c in calls if isinstance(c, ast.Attribute)
+                    and c.attr == "use" and getattr(c.value, "id", None) == "matplotlib"]
+        assert not printed and not switched, (module, printed, switched)
+
+
+def test_the_models_on_jax_import_no_tensorflow():
+    """What an import loads is a property of a fresh process: under KERAS_BACKEND=jax,
+    importing the package and building a model must not import TensorFlow."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+    if importlib.util.find_spec("jax") is None and not os.environ.get("CI"):
+        pytest.skip("jax is not installed (pip install -e '.[jax]'); CI installs it")
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, keras_fastres; keras_fastres.FastResNet(8); "
+                               "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                               "('tensorflow', 'tensorflow_datasets')))"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

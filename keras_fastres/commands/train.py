@@ -116,7 +116,8 @@ def compare(parsed):
 
 
 def train_and_report(config):
-    progress = progress_bar("Decoding") if config.data and sys.stdout.isatty() else None
+    progress = (progress_bar(f"Decoding {Path(config.data).expanduser()}")
+                if config.data and sys.stdout.isatty() else None)
     metrics = train(config, progress)
     print(f"test error {100 * metrics['test_error']:.2f}%, "
           f"{metrics['mean_epoch_seconds']:.2f} s/epoch "
