@@ -159,18 +159,12 @@ def _prepare(config, run_dir, strategy, chief):
 def _load_data(config, seed, backup, run_dir, replicas, progress):
     """The data set `config` names, with its identity added to the stored experiment (a resume
     on other files is refused) and its last batches checked against the replicas."""
-    size = data.image_size_pair(config.image_size)
-    if config.data:
-        max_memory = None if config.max_memory is None else int(config.max_memory * 2 ** 30)
-        images = data.load_image_folder(config.data, size, config.validation_fraction,
-                                        max_memory=max_memory, progress=progress)
-    elif not data.is_cifar(config.dataset):
-        images = data.load_catalog(config.dataset[len(data.TFDS_PREFIX):], config.data_dir,
-                                   size, config.train_split, config.test_split,
-                                   config.validation_fraction)
-    else:
-        images = data.load_cifar(config.dataset, config.source, config.data_dir,
-                                 synthetic_size=config.synthetic_size, seed=seed)
+    images = data.load(
+        config.dataset, folder=config.data, source=config.source, data_dir=config.data_dir,
+        image_size=config.image_size, validation_fraction=config.validation_fraction,
+        train_split=config.train_split, test_split=config.test_split,
+        synthetic_size=config.synthetic_size, seed=seed, progress=progress,
+        max_memory=None if config.max_memory is None else int(config.max_memory * 2 ** 30))
     stored = backup.stored_experiment()
     backup.experiment.update(data_identity(images))
     if stored is not None:

@@ -7,7 +7,7 @@
     splits.py    what they return and share: Split, ImageData, the stratified hold-out
     pipeline.py  TrainingData (shuffle, crop, flip per epoch) and test_dataset
 
-Each loader takes explicit arguments (a training run picks one from its settings: run.py).
+`load` picks the source from explicit arguments; each loader can also be called alone.
 """
 
 from keras_fastres.data.catalog import PREFIX as TFDS_PREFIX
@@ -45,7 +45,7 @@ __all__ = [
     "DataUnavailableError", "ImageData", "Split", "TrainingData", "augmentation_draws",
     "channel_statistics", "check_dataset", "check_dataset_name", "check_extra_augmentation",
     "check_source", "check_validation_fraction", "crop_and_flip", "image_size_pair", "is_cifar",
-    "load_catalog", "load_cifar", "load_image_folder", "mixes_labels", "synthetic_cifar",
+    "load", "load_catalog", "load_cifar", "load_image_folder", "mixes_labels", "synthetic_cifar",
     "test_dataset",
 ]
 
@@ -61,3 +61,19 @@ def check_dataset_name(dataset):
         raise ValueError(f"dataset must be one of {DATASETS} or tfds:NAME (a TFDS catalog "
                          f"name, e.g. tfds:svhn_cropped), got {dataset!r}; for a folder of "
                          f"your own images, use --data DIR.")
+
+
+def load(dataset="cifar10", *, folder=None, source="tfds", data_dir=None, image_size=(32, 32),
+         validation_fraction=0.1, train_split="train", test_split="test",
+         synthetic_size=(1024, 256), max_memory=None, seed=0, progress=None) -> ImageData:
+    """The data set of a training run: the image `folder` when given (`load_image_folder`),
+    else `dataset`: tfds:NAME (`load_catalog`) or cifar10/cifar100 from `source`
+    (`load_cifar`). Each argument goes to the loader that takes it; see those."""
+    size = image_size_pair(image_size)
+    if folder:
+        return load_image_folder(folder, size, validation_fraction, max_memory=max_memory,
+                                 progress=progress)
+    if not is_cifar(dataset):
+        return load_catalog(dataset[len(TFDS_PREFIX):], data_dir, size, train_split,
+                            test_split, validation_fraction)
+    return load_cifar(dataset, source, data_dir, synthetic_size=synthetic_size, seed=seed)
