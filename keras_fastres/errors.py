@@ -54,14 +54,19 @@ def tensorflow_reason(message: str) -> str:
     return lines[0].split(" [[")[0] if lines else "no detail"
 
 
+def is_tensorflow_error(error: BaseException) -> bool:
+    """True for TensorFlow's OpErrors (checked without importing TensorFlow)."""
+    return type(error).__module__.startswith("tensorflow") and isinstance(
+        getattr(error, "message", None), str)
+
+
 def summary(error: BaseException) -> str:
     """`error` in one line: an OSError's reason (strerror, with the file it names), a
     TensorFlow error's reason, or the first line of the message; the exception's type name
     when it has no message."""
-    message = getattr(error, "message", None)  # TensorFlow's OpError
     if isinstance(error, OSError) and error.strerror:
         return error.strerror + (f": {error.filename}" if error.filename else "")
-    if isinstance(message, str) and type(error).__module__.startswith("tensorflow"):
-        return tensorflow_reason(message)
+    if is_tensorflow_error(error):
+        return tensorflow_reason(error.message)  # type: ignore[attr-defined]
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__

@@ -232,3 +232,10 @@ def test_the_report_for_gpu_owners_runs_quick_on_the_cpu(tmp_path, capsys, monke
     markdown = out.with_suffix(".md").read_text()
     assert markdown.startswith("# keras-fastres report (quick): ") and "| device |" in markdown
     assert markdown.strip() in result.out
+
+
+def test_a_bad_setting_exits_2_in_one_line(capsys):
+    from keras_fastres.commands.benchmark import main
+    assert main(["--depths", "21", "--variants", "type1"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("error: depth must be an integer of the form 6n + 2")

@@ -13,7 +13,13 @@ import sys
 import time
 import warnings
 
-from keras_fastres.errors import FastResWarning, Terminated, stop_on_sigterm, summary
+from keras_fastres.errors import (
+    FastResWarning,
+    Terminated,
+    is_tensorflow_error,
+    stop_on_sigterm,
+    summary,
+)
 
 USAGE = 2  # a setting or argument that is wrong (argparse's own status too)
 FAILED = 1  # work that failed or was refused
@@ -29,10 +35,6 @@ def exit_status(error: BaseException) -> int:
     return USAGE if isinstance(error, ValueError) else FAILED
 
 
-def is_tensorflow_error(error):
-    return type(error).__module__.startswith("tensorflow") and hasattr(error, "message")
-
-
 @contextlib.contextmanager
 def speaking(level=logging.INFO):
     """The library's log records of `level` and above on stdout and its warnings on stderr,
@@ -40,9 +42,10 @@ def speaking(level=logging.INFO):
     logger = logging.getLogger("keras_fastres")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    previous_level = logger.level
+    previous = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(level)
+    logger.propagate = False  # once, here: not again through handlers others put on the root
     with warnings.catch_warnings():
         shown = warnings.showwarning
 
@@ -57,7 +60,8 @@ def speaking(level=logging.INFO):
             yield
         finally:
             logger.removeHandler(handler)
-            logger.setLevel(previous_level)
+            logger.setLevel(previous[0])
+            logger.propagate = previous[1]
 
 
 ERRORS = (ValueError, RuntimeError, OSError, ImportError)  # and TensorFlow's

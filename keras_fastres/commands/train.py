@@ -10,10 +10,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from keras_fastres.commands.output import is_tensorflow_error, progress_bar, run_command
+from keras_fastres.commands.output import progress_bar, run_command
 from keras_fastres.compare import compare_runs
 from keras_fastres.config import TrainConfig, option_name, option_word, value_of_word
 from keras_fastres.console import HelpFormatter, program
+from keras_fastres.errors import is_tensorflow_error
 from keras_fastres.run import train
 
 
