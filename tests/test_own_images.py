@@ -380,3 +380,21 @@ def test_a_tfds_set_without_a_test_split_holds_one_out(tmp_path, capsys, caplog)
         with pytest.raises(Exception, match=r"no split 'validation' \(--test-split\); it has "
                                             r"\['train'\]"):
             load_catalog("eurosat/rgb", str(tmp_path), test_split="validation")
+
+
+def test_a_damaged_file_is_a_warning_and_the_loader_prints_nothing(tmp_path, capsys, caplog):
+    """As a library: the skipped file is a FastResWarning, the decoding start and end are log
+    records (INFO), and nothing reaches stdout or stderr (the commands print them)."""
+    from keras_fastres import load_image_folder
+    from keras_fastres.errors import FastResWarning
+    caplog.set_level("INFO", logger="keras_fastres")
+    class_folders(tmp_path, {"a": 4, "b": 4})
+    (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
+    seen = []
+    with pytest.warns(FastResWarning, match=r"skipped 1 of 9 image files .*broken\.png"):
+        loaded = load_image_folder(tmp_path, 8, progress=lambda done, total: seen.append(
+            (done, total)))
+    assert len(loaded.train.labels) + len(loaded.test.labels) == 8
+    assert capsys.readouterr() == ("", "")
+    assert f"Decoding {tmp_path}: 9 files ..." in caplog.text and "done in" in caplog.text
+    assert seen and seen[-1] == (9, 9) and all(total == 9 for _, total in seen)
