@@ -156,8 +156,9 @@ def check_state(state, generation):
     finished, experiment = state.get("finished_epochs"), state["experiment"]
     if not _is_integer(finished) or finished != generation:
         raise ValueError(f"finished_epochs is {finished!r}, not {generation} as the folder says")
-    if not _is_integer(experiment.get("seed")):
-        raise ValueError(f"the seed is {experiment.get('seed')!r}, not an integer")
+    if not _is_integer(experiment.get("seed")) or not 0 <= experiment["seed"] < 2 ** 32:
+        raise ValueError(f"the seed is {experiment.get('seed')!r}, not an integer from 0 to "
+                         f"2**32 - 1")
     epochs = experiment.get("epochs")
     if not _is_integer(epochs) or not 1 <= finished <= epochs:
         raise ValueError(f"{finished} finished epochs of {epochs!r}")

@@ -83,7 +83,15 @@ def format_summary(rows):
 
 def compare_runs(run_dirs, figure):
     """Plots the test error of every run on one figure at `figure` and returns the summary
-    table of the finished ones (`format_summary`), with a line naming any unfinished run."""
+    table of the finished ones (`format_summary`), with a line naming any unfinished run. A
+    ValueError when a run is given twice (by the same path or through a link): it would
+    count as two repeats of its configuration."""
+    seen = {}
+    for run_dir in map(Path, run_dirs):
+        first = seen.setdefault(run_dir.resolve(), run_dir)
+        if first is not run_dir:
+            raise ValueError(f"--compare is given the run {first.resolve()} twice ({first} and "
+                             f"{run_dir}); give each run once.")
     runs = [(Path(run_dir), *read_run(run_dir)) for run_dir in run_dirs]
     plot_runs([(label(metrics) if metrics else run_dir.name, rows)
                for run_dir, rows, metrics in runs], figure, title="test error")

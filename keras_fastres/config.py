@@ -32,6 +32,7 @@ from keras_fastres.machine import resolve_jit_compile
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PAPER_BATCH_SIZE = 128  # the reference for --lr-scaling linear
+MAX_SEED = 2 ** 32 - 1  # numpy's (and so keras.utils.set_random_seed's) largest seed
 
 
 def setting(default, help, *, experiment=False, choices=None, cli_values=None, option=True,
@@ -230,6 +231,10 @@ def check_config(config):
     if not (isinstance(config.learning_rate, (int, float)) and 0 < config.learning_rate < math.inf):
         raise ValueError(f"learning_rate must be a positive number, got "
                          f"{config.learning_rate!r}.")
+    if config.seed is not None and not (
+            not isinstance(config.seed, bool) and isinstance(config.seed, int)
+            and 0 <= config.seed <= MAX_SEED):
+        raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {config.seed!r}.")
     if not 0 <= config.drop_path_rate < 1:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {config.drop_path_rate!r}.")
     check_dataset_name(config.dataset)
@@ -267,8 +272,8 @@ def _check_data_settings(config):
         raise ValueError(f"image_size is for --data and tfds:NAME; CIFAR's images are 32x32 "
                          f"(got {list(config.image_size)}).")
     check_validation_fraction(config.validation_fraction)
-    if config.max_memory is not None and not config.max_memory > 0:
-        raise ValueError(f"max_memory must be a positive number of GiB, got "
+    if config.max_memory is not None and not 0 < config.max_memory * 2 ** 30 < math.inf:
+        raise ValueError(f"max_memory must be a positive, finite number of GiB, got "
                          f"{config.max_memory!r}.")
     if config.init_from and not Path(config.init_from).exists():
         raise ValueError(f"init_from {config.init_from} does not exist; give a finished run's "

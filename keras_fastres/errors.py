@@ -5,7 +5,7 @@ The kinds, by base class (commands/output.py turns them into exit statuses):
     RuntimeError    work that failed or was refused: a damaged file, a busy or finished run,
                     data that cannot be had, a loss that became NaN (exit status 1)
     OSError         a file that cannot be read or written (exit status 1)
-    Terminated      SIGTERM (exit status 143)
+    Terminated      SIGTERM (exit status 143; a BaseException, as KeyboardInterrupt)
 
 This module imports only the standard library.
 """
@@ -24,9 +24,12 @@ class DamagedFile(RuntimeError):
     """A file the work needs is there but cannot be used (truncated, damaged)."""
 
 
-class Terminated(Exception):
+class Terminated(BaseException):
     """The process received SIGTERM (a scheduler preempting it, `kill`): raised in the main
-    thread as soon as Python runs again, e.g. after the current training step."""
+    thread as soon as Python runs again, e.g. after the current training step. A
+    BaseException, as KeyboardInterrupt is: raised wherever Python happens to be, it must not
+    be caught by `except Exception` on the way (TensorFlow's tf.function binding turned it into
+    a TypeError, "Binding inputs to tf.function failed due to ``")."""
 
 
 @contextlib.contextmanager

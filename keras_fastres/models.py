@@ -13,6 +13,7 @@ Depth counts the convolutions on the longest path: 6n + 2.
 
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import keras
@@ -296,6 +297,6 @@ def load_model(path) -> keras.Model:
             f"or train its run again.")
     try:
         return keras.saving.load_model(model_file)
-    except (TypeError, ValueError, KeyError, OSError) as error:
+    except (TypeError, ValueError, KeyError, OSError, zipfile.BadZipFile, zlib.error) as error:
         raise DamagedFile(f"{model_file} cannot be loaded as a Keras model: "
                           f"{summary(error)[:300]}") from None

@@ -71,6 +71,8 @@ STATES = {  # what a damaged or hand-edited state.json of generation 3 may say
     "another generation's epochs": {"finished_epochs": 2, "experiment": EXPERIMENT},
     "experiment not a dict": {"finished_epochs": 3, "experiment": "garbage"},
     "string seed": {"finished_epochs": 3, "experiment": {**EXPERIMENT, "seed": "11"}},
+    "seed beyond numpy's": {"finished_epochs": 3, "experiment": {**EXPERIMENT, "seed": 2 ** 76}},
+    "negative seed": {"finished_epochs": 3, "experiment": {**EXPERIMENT, "seed": -5}},
     "not a dict": [3],
 }
 

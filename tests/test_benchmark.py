@@ -239,3 +239,13 @@ def test_a_bad_setting_exits_2_in_one_line(capsys):
     assert main(["--depths", "21", "--variants", "type1"]) == 2
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.startswith("error: depth must be an integer of the form 6n + 2")
+
+
+def test_a_report_whose_json_name_ends_in_md_is_refused(tmp_path, capsys):
+    """The Markdown copy goes to FILE with .md: with FILE.md it would overwrite the JSON."""
+    from keras_fastres.commands.benchmark import main
+    with pytest.raises(SystemExit) as refused:
+        main(["--report", "--quick", "--json", str(tmp_path / "report.md")])
+    assert refused.value.code == 2
+    assert "give a name such as report.json" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -71,12 +71,27 @@ def test_every_training_option_states_its_default_or_what_happens_without_it(cap
     (["--synthetic-size", "0", "64"], "synthetic_size must be a positive integer, got (0, 64)"),
     (["--cpu-replicas", "-1", "--strategy", "mirrored"],
      "cpu_replicas must be a positive integer, got -1"),
-    (["--batch-size", "0"], "batch_size must be a positive integer, got 0")])
-def test_counts_below_one_are_refused_in_one_line_before_any_work(argv, message, tmp_path,
-                                                                  capsys):
+    (["--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+    (["--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
+    (["--seed", str(2 ** 32)], "seed must be an integer from 0 to 4294967295, got 4294967296"),
+])
+def test_counts_and_seeds_out_of_range_are_refused_in_one_line_before_any_work(
+        argv, message, tmp_path, capsys):
     assert main(TrainConfig(), ["--synthetic", "--output-dir", str(tmp_path / "run"),
                                 *argv]) == 2
     assert capsys.readouterr().err == f"error: {message}.\n"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("gib", ["inf", "1e308", "0", "nan"])
+def test_a_memory_budget_that_is_no_finite_positive_size_is_refused(gib, tmp_path, capsys):
+    from keras_fastres.commands.train import command
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "b").mkdir()
+    assert command(["--data", str(tmp_path / "data"), "--max-memory", gib, "--output-dir",
+                    str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (f"error: max_memory must be a positive, finite number "
+                                       f"of GiB, got {float(gib)!r}.\n")
     assert not (tmp_path / "run").exists()
 
 

@@ -377,6 +377,12 @@ def test_bad_inputs_to_the_export_and_predict_commands_are_one_line_each(tmp_pat
     for damaged in ("truncated.keras", "empty.keras"):
         one_line(export, ["--model", str(tmp_path / damaged), *target], 1,
                  f"{tmp_path / damaged} is not a complete .keras file")
+    # One byte flipped inside the compressed weights: still a zip, but its CRC fails.
+    flipped = bytearray(written)
+    flipped[len(written) // 2] ^= 0xFF
+    (tmp_path / "flipped.keras").write_bytes(bytes(flipped))
+    one_line(export, ["--model", str(tmp_path / "flipped.keras"), *target], 1,
+             f"{tmp_path / 'flipped.keras'} cannot be loaded as a Keras model")
     one_line(export, ["--model", str(tmp_path / "model.keras"), *target, "--version", "0"], 2,
              "--version: must be an integer >= 1, got '0'", by_argparse=True)
     assert not (tmp_path / "out").exists()
@@ -552,3 +558,24 @@ def test_onnx_export_without_its_extra_says_what_to_install(tmp_path, monkeypatc
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and 'pip install "keras-fastres[onnx]"' in error
     assert not (tmp_path / "serving").exists()
+
+
+def test_a_class_names_file_that_does_not_match_the_model_is_named(tmp_path, capsys):
+    from PIL import Image
+
+    from keras_fastres.commands import predict
+    export = export_saved_model(FastResNet(8, num_classes=3, class_names=["a", "b", "c"]),
+                                tmp_path / "serving")
+    names = export / "assets" / "class_names.txt"
+    Image.fromarray(uint8_images(1)[0]).save(tmp_path / "cat.png")
+    for content, message in ((b"a\nb\n", "names 2 classes and the model has 3"),
+                             (b"a\n\xff\nc\n", "is not UTF-8 text")):
+        names.write_bytes(content)
+        assert predict.main([str(export), str(tmp_path / "cat.png")]) == 1
+        error = capsys.readouterr().err
+        assert error == f"error: {names} {message}" + error.split(message, 1)[1]
+        assert error.count("\n") == 1 and "export the model again" in error
+    names.write_bytes("a\u2028x\nb\rc\nd\n".encode())  # lines end at \n only, as written
+    assert predict.main([str(export), str(tmp_path / "cat.png"), "--top", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "a\u2028x " in printed and "b\rc " in printed and "d " in printed

@@ -98,3 +98,20 @@ def test_the_progress_bar_is_rewritten_in_place_and_ends_its_line(capsys):
     assert out.startswith("\rDecoding x: [" + "." * 30 + "] 0/4")
     assert "\rDecoding x: [" + "=" * 15 + "." * 15 + "] 2/4" in out
     assert "] 4/4 in " in out and out.endswith(" s\n") and out.count("\n") == 1
+
+
+def test_sigterm_passes_through_code_that_catches_every_exception(capsys):
+    """SIGTERM raises wherever Python is, e.g. inside TensorFlow binding a tf.function's
+    inputs, which turns any Exception into a TypeError ("Binding inputs to tf.function failed
+    due to ``": a SIGTERM test failed so in CI). As a BaseException it gets through."""
+    import os
+    import time
+
+    def careless():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except Exception as error:
+            raise TypeError(f"Binding inputs to tf.function failed due to `{error}`") from None
+    assert run_command(careless, stopped_hint="Run it again.") == 143
+    assert capsys.readouterr().err == "\nTerminated (SIGTERM). Run it again.\n"

@@ -77,12 +77,16 @@ def test_recipe_end_to_end_on_synthetic_data(tmp_path, capsys, monkeypatch):
                                  "20", "--epochs", "2", "--output-dir", str(run)])
     assert again == 1 and "already holds a finished run" in capsys.readouterr().err
 
-    compare = main(TrainConfig(), ["--compare", str(run), str(run), "--output-dir",
-                                   str(tmp_path)])
+    compare = main(TrainConfig(), ["--compare", str(run), "--output-dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert compare == 0
     assert (tmp_path / "comparison.png").read_bytes().startswith(b"\x89PNG")
-    assert "cifar10 ResNet-20 type1" in out and "  2  " in out
+    assert "cifar10 ResNet-20 type1" in out and "  1  " in out
+    # The same run twice, or through a link, would count as two repeats: refused.
+    (tmp_path / "link").symlink_to(run)
+    for twice in ([run, run], [run, tmp_path / "link"]):
+        assert main(TrainConfig(), ["--compare", *map(str, twice)]) == 2
+        assert "twice" in capsys.readouterr().err
 
 
 def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, capsys):

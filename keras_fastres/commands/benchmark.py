@@ -104,6 +104,9 @@ def main(argv=None):
     tf.get_logger().setLevel("ERROR")  # one traced train function per model is expected
     if args.quick and not args.report:
         parser.error("--quick goes with --report")
+    if args.report and args.json and Path(args.json).suffix == ".md":
+        parser.error(f"--json {args.json}: with --report the Markdown copy is written beside it "
+                     f"with the suffix .md, over the JSON; give a name such as report.json")
     if args.loader and not Path(args.loader).is_dir():
         parser.error(f"--loader: {args.loader} is not a folder; give a folder of class folders "
                      f"(DIR/<class>/<images>)")

@@ -64,15 +64,27 @@ def load_image(path, height, width):
         return decode_image(path, height, width)
     except ValueError as error:
         raise DamagedFile(f"Cannot read {path}: it is not a PNG, JPEG, GIF or BMP image, or it "
-                         f"is damaged ({error}).") from None
+                          f"is damaged ({error}).") from None
 
 
-def class_names(saved_model):
-    """The class names exported with the SavedModel at `saved_model`, or None."""
+def class_names(saved_model, num_classes):
+    """The `num_classes` class names exported with the SavedModel at `saved_model`, or None;
+    a `DamagedFile` naming the file when it does not hold one UTF-8 line per class. Lines
+    end at "\n" only, as the export writes them."""
     names_file = Path(saved_model) / "assets" / CLASS_NAMES_FILE
     if not names_file.is_file():
         return None
-    return names_file.read_text(encoding="utf-8").splitlines()
+    try:
+        names = names_file.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as error:
+        raise DamagedFile(f"{names_file} is not UTF-8 text ({error.reason} at byte "
+                          f"{error.start}); export the model again.") from None
+    if names[-1] == "":
+        names.pop()
+    if len(names) != num_classes:
+        raise DamagedFile(f"{names_file} names {len(names)} classes and the model has "
+                          f"{num_classes}; export the model again.")
+    return names
 
 
 def check_image_files(image_paths):
@@ -93,7 +105,7 @@ def predict(export_dir, image_paths, top=3):
     height, width = serve.structured_input_signature[1]["images"].shape[1:3]
     images = tf.constant(np.stack([load_image(path, height, width) for path in image_paths]))
     probabilities = serve(images=images)["probabilities"].numpy()
-    names = class_names(saved_model)
+    names = class_names(saved_model, probabilities.shape[-1])
     results = []
     for path, row in zip(image_paths, probabilities):
         best = np.argsort(row)[::-1][:top]
