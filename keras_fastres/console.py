@@ -61,10 +61,15 @@ def quiet_tensorflow_start():
 
 def require_backend_installed():
     """In a command, one line and exit status 1 when KERAS_BACKEND names a backend whose
-    library is not installed (Keras would fail with an import traceback)."""
+    library is not installed, 2 when it names no backend this package runs on (Keras would
+    fail with an import traceback either way)."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     module = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}.get(backend)
-    if module and importlib.util.find_spec(module) is None:
+    if module is None:
+        print(f"error: KERAS_BACKEND={backend!r} names no Keras backend this package runs on; "
+              f"use tensorflow (the default), jax or torch.", file=sys.stderr)
+        raise SystemExit(2)
+    if importlib.util.find_spec(module) is None:
         extra = f" (pip install 'keras-fastres[{backend}]')" if backend != "tensorflow" else ""
         raise SystemExit(f"error: KERAS_BACKEND={backend} selects Keras's {backend} backend, "
                          f"and {module} is not installed{extra}. Install it, or unset "

@@ -203,3 +203,14 @@ def test_the_quiet_start_hides_what_is_written_to_descriptor_2_while_tensorflow_
     error = capfd.readouterr().err
     assert "a C++ start-up line" not in error
     assert "a Python warning" in error and error.endswith("after\n")
+
+
+def test_a_keras_backend_that_is_none_is_one_line_before_keras_loads(monkeypatch, capsys):
+    from keras_fastres import console
+    monkeypatch.setenv("KERAS_BACKEND", "nonsense")
+    with pytest.raises(SystemExit) as stopped:
+        console.require_backend_installed()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: KERAS_BACKEND='nonsense' names no Keras backend this package runs on; use "
+        "tensorflow (the default), jax or torch.\n")

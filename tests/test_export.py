@@ -579,3 +579,26 @@ def test_a_class_names_file_that_does_not_match_the_model_is_named(tmp_path, cap
     assert predict.main([str(export), str(tmp_path / "cat.png"), "--top", "3"]) == 0
     printed = capsys.readouterr().out
     assert "a\u2028x " in printed and "b\rc " in printed and "d " in printed
+
+
+def test_version_folders_are_ascii_numbers_up_to_int64(tmp_path, capsys):
+    """TF Serving reads <base>/<int64 version>/: a folder named '²' is no version (int() of it
+    failed), a version beyond int64 is refused, and a base that is a file is named."""
+    from keras_fastres.commands import export
+    FastResNet(8).save(tmp_path / "model.keras")
+    (tmp_path / "serving" / "²").mkdir(parents=True)
+    assert export.main(["--model", str(tmp_path / "model.keras"), "--export-dir",
+                        str(tmp_path / "serving")]) == 0
+    assert capsys.readouterr().out == f"Wrote {tmp_path / 'serving' / '1'}\n"
+    (tmp_path / "serving" / "007").mkdir()  # a version 7 written by hand, leading zeros
+    (tmp_path / "serving" / "007" / "saved_model.pb").write_bytes(b"")
+    from keras_fastres.serving.predict import find_saved_model
+    assert find_saved_model(tmp_path / "serving") == tmp_path / "serving" / "007"
+    for argv, message in ((["--version", str(2 ** 63)], "an integer from 1 to "
+                                                         "9223372036854775807"),
+                          (["--export-dir", str(tmp_path / "model.keras")], "is a file")):
+        target = ["--export-dir", str(tmp_path / "serving")] if argv[0] == "--version" else []
+        assert export.main(["--model", str(tmp_path / "model.keras"), *target, *argv]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and message in error, error
+    assert sorted(p.name for p in (tmp_path / "serving").iterdir()) == ["007", "1", "²"]

@@ -292,3 +292,23 @@ def test_a_missing_backend_library_is_one_line(monkeypatch):
         "error: KERAS_BACKEND=jax selects Keras's jax backend, and jax is not installed (pip "
         "install 'keras-fastres[jax]'). Install it, or unset KERAS_BACKEND to run on "
         "TensorFlow.")
+
+
+@pytest.mark.parametrize("batch, reason", [
+    ([1, 2, 3], "a list, not the dict of a CIFAR batch"),
+    ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [1.5, 0.0, 2.0, 3.0]},
+     "labels of type float64, not integers"),
+    ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [2 ** 70, 0, 1, 2]},
+     "labels of type object, not integers"),
+])
+def test_a_damaged_archive_batch_is_named_not_truncated(batch, reason, tmp_path):
+    """A float label was truncated into a class (1.5 -> 1), a list batch or a label beyond
+    int64 was a traceback: each is the named file's damage."""
+    import pickle
+    images = np.zeros((20, 32, 32, 3), np.uint8)
+    folder = write_cifar_archive(tmp_path, "cifar10", (images, np.arange(20) % 10),
+                                 (images[:4], np.zeros(4, int)), packed=False)
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(data.DataUnavailableError, match=f"incomplete or corrupt .*data_batch_1: "
+                                                        f"{reason}"):
+        data.load_cifar("cifar10", "archive", str(folder))

@@ -224,12 +224,23 @@ def _archive_split(read, members, label_key):
     images, labels = [], []
     for member in members:
         batch = _ArrayUnpickler(io.BytesIO(read(member)), encoding="bytes").load()
+        if not isinstance(batch, dict):
+            raise ValueError(f"{member}: a {type(batch).__name__}, not the dict of a CIFAR batch")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072 or len(batch[label_key]) != len(data):
+        # Integers that fit int64, as written: a float (1.5) or a huge label is damage, never
+        # truncated or wrapped into a class.
+        batch_labels = np.asarray(batch[label_key])
+        if not batch_labels.size:  # an empty list reads as float64
+            batch_labels = batch_labels.astype(np.int64)
+        if batch_labels.dtype.kind not in "iu" or batch_labels.dtype.itemsize > 8 or (
+                batch_labels.dtype.kind == "u" and batch_labels.size
+                and batch_labels.max() > np.iinfo(np.int64).max):
+            raise ValueError(f"{member}: labels of type {batch_labels.dtype}, not integers")
+        if data.ndim != 2 or data.shape[1] != 3072 or len(batch_labels) != len(data):
             raise ValueError(f"{member}: expected data (N, 3072) and N labels, got data "
-                             f"{data.shape} and {len(batch[label_key])} labels")
+                             f"{data.shape} and {len(batch_labels)} labels")
         # Rows are 1024 red, 1024 green, then 1024 blue values, each image row-major.
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        labels.append(batch_labels.astype(np.int64))
     return Split(np.concatenate(images), np.concatenate(labels))
 

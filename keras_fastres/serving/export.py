@@ -20,6 +20,7 @@ The command line is fastres-export (commands/export.py).
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -95,15 +96,25 @@ def _serving_function(model, fold_batch_norm, empty_batches=True):
     return serve, served
 
 
+MAX_VERSION = 2 ** 63 - 1  # TF Serving reads versions as int64
+
+
+def version_number(name):
+    """The version a folder's name is, as TF Serving reads it (ASCII digits only: `²` or `١`
+    are no version), or None."""
+    return int(name) if re.fullmatch(r"[0-9]+", name) else None
+
+
 def _next_version(root):
-    versions = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.exists() else []
-    return max(versions, default=0) + 1
+    versions = [version_number(p.name) for p in root.iterdir()] if root.exists() else []
+    return max((v for v in versions if v is not None), default=0) + 1
 
 
 def _check_version(version):
-    if not (version in ("auto", None) or (isinstance(version, int)
-                                           and not isinstance(version, bool) and version >= 1)):
-        raise ValueError(f"version must be 'auto', a positive integer or None; got {version!r}.")
+    if not (version in ("auto", None) or (isinstance(version, int) and not isinstance(
+            version, bool) and 1 <= version <= MAX_VERSION)):
+        raise ValueError(f"version must be 'auto', an integer from 1 to {MAX_VERSION} (TF "
+                         f"Serving's int64) or None; got {version!r}.")
 
 
 def _exists_error(target):
@@ -121,6 +132,9 @@ def publish(export_dir, version, write):
     removes what a killed one left). Returns the published folder."""
     _check_version(version)
     root = Path(export_dir)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"The export directory {root} is a file; give a folder (a new one, or "
+                         f"one holding numbered versions).")
     place = root.parent if version is None else root
     fixed = root if version is None else None if version == "auto" else root / str(version)
     if fixed is not None and fixed.exists():

@@ -14,7 +14,7 @@ import tensorflow as tf
 from keras_fastres.console import check_positive_integers
 from keras_fastres.data.folder import decode_image
 from keras_fastres.errors import DamagedFile, summary
-from keras_fastres.serving.export import CLASS_NAMES_FILE
+from keras_fastres.serving.export import CLASS_NAMES_FILE, version_number
 
 
 def find_saved_model(export_dir):
@@ -23,10 +23,11 @@ def find_saved_model(export_dir):
     root = Path(export_dir)
     if (root / "saved_model.pb").is_file():
         return root
-    versions = sorted((int(p.name) for p in root.glob("*") if p.name.isdigit()
-                       and (p / "saved_model.pb").is_file()), reverse=True)
+    versions = sorted((number, path) for path in root.glob("*")
+                      if (number := version_number(path.name)) is not None
+                      and (path / "saved_model.pb").is_file())
     if versions:
-        return root / str(versions[0])
+        return versions[-1][1]
     if list(root.glob("model.onnx")) or list(root.glob("[0-9]*/model.onnx")):
         hint = (" It holds an ONNX model, which onnxruntime serves; this command reads "
                 "SavedModels: export one with fastres-export --format saved_model.")
