@@ -52,6 +52,7 @@ from keras_fastres.machine import (
     resolve_steps_per_execution,
     versions,
 )
+from keras_fastres.models import MODEL_FILE
 from keras_fastres.serving.export import export_saved_model
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,18 @@ def check_output_dir(run_dir):
 
 
 def check_not_finished(run_dir):
-    """RunRefused when `run_dir` holds a finished run (its metrics.json, written last)."""
+    """RunRefused when `run_dir` holds a finished run: its metrics.json (written last), or a
+    model.keras with no backup to continue from (a finished run whose metrics.json was lost:
+    a run writes model.keras while its backup is still there, and removes the backup only
+    after metrics.json)."""
     if (run_dir / "metrics.json").exists():
         raise RunRefused(f"{run_dir} already holds a finished run; pass another output "
                          f"directory or delete it to train again.")
+    if (run_dir / MODEL_FILE).exists() and not Backup(run_dir / "backup").generations():
+        raise RunRefused(f"{run_dir} holds a trained {MODEL_FILE} but no metrics.json and no "
+                         f"backup to continue from (a finished run whose metrics.json was "
+                         f"deleted?); pass another output directory, or delete {MODEL_FILE} "
+                         f"to train again.")
 
 
 def run_lock(run_dir):
@@ -317,8 +326,8 @@ def write_outputs(model, config, metrics, history):
     finished; then the backup goes. Each file appears only when complete, and an error names
     the file it was writing."""
     run_dir = config.run_dir()
-    with _naming(run_dir / "model.keras"):
-        save_model(model, run_dir / "model.keras")
+    with _naming(run_dir / MODEL_FILE):
+        save_model(model, run_dir / MODEL_FILE)
     if config.export:
         export = run_dir / "export" / "1"
         with _naming(export):

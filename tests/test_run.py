@@ -57,6 +57,19 @@ def test_a_finished_run_stays_finished_whatever_backup_is_left(tmp_path, leftove
     assert (run / "model.keras").read_bytes() == b"the finished model"
 
 
+def test_a_finished_run_whose_metrics_were_deleted_is_not_trained_again(tmp_path, capsys):
+    """A model.keras with no backup to continue from is a finished run that lost its
+    metrics.json: the same command (without --seed: a new seed) replaced its model."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"the finished model")
+    assert main(TrainConfig(), [*SMALL, "--output-dir", str(run)]) == 1
+    error = one_line_error(capsys)
+    assert f"{run} holds a trained model.keras but no metrics.json and no backup" in error
+    assert sorted(p.name for p in run.iterdir()) == ["model.keras"]
+    assert (run / "model.keras").read_bytes() == b"the finished model"
+
+
 def test_outputs_written_again_after_a_kill_reuse_the_runs_export(tmp_path):
     """A run killed after its export appeared, before metrics.json, writes its outputs again
     when rerun: the export it made (from the same final weights) is kept, not made twice."""
@@ -170,13 +183,13 @@ def test_the_lock_admits_one_process_however_they_race(tmp_path):
                    for i in range(6)]
         for worker in workers:
             worker.start()
+        for worker in workers:
+            worker.join(60)
         events, done = [], 0
         while done < len(workers):  # (Queue.empty() may answer True before a put arrives)
             event = log.get(timeout=60)
             done += event[0] == "done"
             events += [event] if event[0] != "done" else []
-        for worker in workers:
-            worker.join(60)
         events.sort(key=lambda e: e[2])
         assert len(events) == sum(2 if kind == "in" else kind == "refused"
                                   for kind, _, _ in events)
@@ -185,7 +198,7 @@ def test_the_lock_admits_one_process_however_they_race(tmp_path):
             holders += {"in": 1, "out": -1, "refused": 0}[kind]
             assert holders <= 1, events
         assert any(kind == "in" for kind, _, _ in events)
-        assert not folder.exists()  # the last holder removed the folder it created
+        assert not folder.exists(), sorted(p.name for p in folder.iterdir())  # the last holder removed it
 
 
 def test_sigterm_stops_after_the_current_step_and_the_run_continues(tmp_path, capsys):
@@ -312,3 +325,17 @@ def test_a_damaged_archive_batch_is_named_not_truncated(batch, reason, tmp_path)
     with pytest.raises(data.DataUnavailableError, match=f"incomplete or corrupt .*data_batch_1: "
                                                         f"{reason}"):
         data.load_cifar("cifar10", "archive", str(folder))
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, capsys):
+    """`ln -s ../victim.txt RUN/.lock` made a run truncate victim.txt to its PID."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(victim)
+    assert main(TrainConfig(), [*SMALL, "--output-dir", str(run)]) == 1
+    error = one_line_error(capsys)
+    assert f"{run / '.lock'} is a symbolic link (to {victim})" in error
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
