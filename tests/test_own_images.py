@@ -4,6 +4,7 @@ class names by fastres-predict and on onnxruntime, and fine-tuned on three of th
 another image size; a (mocked) TFDS catalog data set through the command line."""
 
 import json
+import os
 import re
 import struct
 import zlib
@@ -341,7 +342,9 @@ def test_an_interrupted_load_stops_without_decoding_the_rest(tmp_path, monkeypat
     monkeypatch.setattr(folder, "decode_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         folder.load_image_folder(tmp_path, 8)
-    assert 1 <= len(calls) <= 4  # the chunks already running, not the 18 waiting
+    # At most the file each decoding thread had begun, whatever the machine's load: the
+    # first failure stops the others (the 18 waiting files are never decoded).
+    assert 1 <= len(calls) <= (os.cpu_count() or 1)  # one decoding thread per CPU
 
 
 @pytest.mark.parametrize("args, message", [

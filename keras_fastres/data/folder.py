@@ -17,6 +17,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -193,13 +194,19 @@ def _decode_all(files, height, width, max_pixels, progress):
     files with their reasons."""
     images = np.empty((len(files), height, width, 3), np.uint8)
     skipped = {}
+    stop = threading.Event()  # set by the first task that fails: the others decode no more
 
     def decode(start):
         for index in range(start, min(start + CHUNK, len(files))):
+            if stop.is_set():
+                break
             try:
                 images[index] = decode_image(files[index][0], height, width, max_pixels)
             except ValueError as error:
                 skipped[index] = str(error)
+            except BaseException:
+                stop.set()
+                raise
         return min(start + CHUNK, len(files))
     pool = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
     try:
