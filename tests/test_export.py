@@ -564,7 +564,8 @@ def test_a_class_names_file_that_does_not_match_the_model_is_named(tmp_path, cap
     from PIL import Image
 
     from keras_fastres.commands import predict
-    export = export_saved_model(FastResNet(8, num_classes=3, class_names=["a", "b", "c"]),
+    export = export_saved_model(FastResNet(8, num_classes=3, class_names=["a", "b", "c"],
+                                           normalization=None),
                                 tmp_path / "serving")
     names = export / "assets" / "class_names.txt"
     Image.fromarray(uint8_images(1)[0]).save(tmp_path / "cat.png")
