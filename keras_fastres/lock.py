@@ -34,6 +34,8 @@ def folder_lock(folder, busy_message):
     mkdir succeeded marks it with CREATED before it tries the lock) and that holds nothing but
     the lock at the end is removed by whichever contender held it last: the creator itself
     may have been refused."""
+    # A holder killed between renaming a folder away and deleting it left it hidden here.
+    files.remove_leftovers(folder.parent)
     while True:
         try:
             folder.mkdir(parents=True)

@@ -339,3 +339,16 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path
     assert f"{run / '.lock'} is a symbolic link (to {victim})" in error
     assert victim.read_text() == "precious\n"
     assert sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
+def test_a_folder_a_killed_holder_was_removing_is_removed_by_the_next_lock(tmp_path):
+    """The last holder renames a folder the contest created away, then deletes it: killed in
+    between, it leaves a hidden sibling that the next lock in that parent removes."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    leftover = tmp_path / f".run.incomplete-{dead}"
+    leftover.mkdir()
+    (leftover / ".lock").write_text(f"{dead}\n")
+    with folder_lock(tmp_path / "run", "busy {pid}"):
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert list(tmp_path.iterdir()) == []  # and the new folder, left holding only the lock
