@@ -41,7 +41,7 @@ with quiet_tensorflow_start():  # only in this package's commands; see console.p
 
 VARIANTS = tuple(BLOCKS)  # "v1", "preact", "type1", "type2"
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # TensorFlow's side of the API, imported on first use.
 _LAZY = {

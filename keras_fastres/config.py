@@ -20,6 +20,7 @@ import keras
 from keras_fastres import batch_norm, blocks, distribute, models
 from keras_fastres.data import (
     EXTRA_AUGMENTATIONS,
+    RESIZE_MODES,
     SOURCES,
     TFDS_PREFIX,
     check_dataset_name,
@@ -95,7 +96,20 @@ class TrainConfig:
         only_fastres_train=True, type=str, metavar="RUN_DIR|MODEL.keras")
     max_memory: float | None = setting(
         None, "with --data: GiB the decoded images may take (N x H x W x 3 bytes); default: "
-        "half of the machine's memory", only_fastres_train=True, type=float, metavar="GIB")
+        "half of the machine's memory; a larger set is read from the cache's memory-mapped file "
+        "a batch at a time", only_fastres_train=True, type=float, metavar="GIB")
+    resize: str = setting(
+        "stretch", "with --data: stretch (the whole image to the size, any aspect), crop (the "
+        "centred window of the size's aspect), pad (the whole image, letterboxed on black); "
+        "kept in the model, so predict and the exports resize the same way", experiment=True,
+        only_fastres_train=True, choices=RESIZE_MODES)
+    cache_dir: str | None = setting(
+        None, "with --data: where the decoded folder is kept for later runs on the same files; "
+        "default: $KERAS_FASTRES_CACHE, else $XDG_CACHE_HOME/keras_fastres, else "
+        "~/.cache/keras_fastres", only_fastres_train=True, type=str, metavar="DIR")
+    cache_only: bool = setting(
+        False, "with --data: decode the folder into the cache and exit without training (once "
+        "for all the workers of a cluster)", only_fastres_train=True)
     depth: int = setting(110, "6n+2", experiment=True)
     variant: str = setting(
         "type1", "type1: FastResNet; preact: the paper's baseline; type2: its ablation; v1: "
@@ -265,6 +279,10 @@ def _check_data_settings(config):
         if not Path(config.data).is_dir():
             raise ValueError(f"data {config.data} is not a folder; give a folder of class "
                              f"folders (DIR/<class>/<images>).")
+    for name, value in (("resize", config.resize != TrainConfig.resize),
+                        ("cache_dir", config.cache_dir), ("cache_only", config.cache_only)):
+        if value and not config.data:
+            raise ValueError(f"{name} is for --data DIR, a folder of your own images.")
     if own_images and config.source != TrainConfig.source:
         raise ValueError(f"source {config.source!r} is for CIFAR; --data and tfds:NAME read "
                          f"their own images.")
@@ -330,7 +348,7 @@ def build_and_compile(config, num_classes, synchronized_batch_norm=False, input_
         drop_path_rate=config.drop_path_rate, weight_decay=config.weight_decay,
         input_shape=input_shape, normalization=normalization,
         class_names=class_names, synchronized_batch_norm=synchronized_batch_norm,
-        batch_norm=config.batch_norm, dtype=config.precision)
+        batch_norm=config.batch_norm, dtype=config.precision, resize=config.resize)
     model.compile(
         optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum,
                                        nesterov=True),

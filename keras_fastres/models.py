@@ -25,6 +25,9 @@ from keras_fastres.errors import DamagedFile, summary
 
 STAGE_FILTERS = (16, 32, 64)
 MODEL_FILE = "model.keras"  # what a training run saves at its end
+# data/decoding.py's (which this module cannot import: it imports no TensorFlow); a test keeps
+# the two equal.
+RESIZE_MODES = ("stretch", "crop", "pad")
 
 # Per-channel mean and standard deviation of the 50,000 training images, on the 0-255 scale.
 CIFAR_STATS = {
@@ -162,6 +165,10 @@ class FastResNet(keras.Model):
             global policy when the model is built. The config records the policy used.
         class_names: the name of each class (output i is `class_names[i]`), or None (default).
             Kept in the config, so they travel with `.keras` files; the exports serve them.
+        resize: how the images the model was trained on reached its input size from files of
+            any size: "stretch" (default), "crop" or "pad" (see `keras_fastres.data`). Kept in
+            the config, so `fastres-predict` and the exports resize new images the same way;
+            the network itself does not use it.
         name: model name; default "resnet{depth}_{variant}".
 
     Input: float images `(batch, H, W, channels)`, raw pixel values in [0, 255].
@@ -174,7 +181,7 @@ class FastResNet(keras.Model):
                  classifier_activation: str | None = "softmax",
                  synchronized_batch_norm: bool = False, batch_norm: str = "auto",
                  dtype: str | None = None, class_names: list | None = None,
-                 name: str | None = None, **kwargs):
+                 resize: str = "stretch", name: str | None = None, **kwargs):
         n = blocks_per_stage(depth)
         check_variant(variant)
         if shortcut not in SHORTCUTS:
@@ -185,6 +192,8 @@ class FastResNet(keras.Model):
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
         check_implementation(batch_norm)
         class_names = _check_class_names(class_names, num_classes)
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}.")
         stats = _normalization_stats(normalization, num_classes)
         _check_input_shape(input_shape, None if stats is None else len(stats[0]))
         policy = keras.dtype_policies.get(dtype) if dtype else keras.config.dtype_policy()
@@ -236,7 +245,7 @@ class FastResNet(keras.Model):
             "weight_decay": weight_decay, "normalization": normalization,
             "classifier_activation": classifier_activation,
             "synchronized_batch_norm": synchronized_batch_norm, "batch_norm": batch_norm,
-            "dtype": policy.name, "class_names": class_names}
+            "dtype": policy.name, "class_names": class_names, "resize": resize}
 
     @property
     def depth(self) -> int:
@@ -249,6 +258,10 @@ class FastResNet(keras.Model):
     @property
     def class_names(self) -> list | None:
         return self._arguments["class_names"]
+
+    @property
+    def resize(self) -> str:
+        return self._arguments["resize"]
 
     def get_config(self) -> dict:
         """The constructor's arguments, with the name and trainable flag."""

@@ -24,9 +24,11 @@ import os
 import random
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_fastres import callbacks, data, distribute, files, plots
@@ -41,7 +43,7 @@ from keras_fastres.config import (
     option_word,
     scaled_learning_rate,
 )
-from keras_fastres.errors import stop_on_sigterm, summary
+from keras_fastres.errors import FastResWarning, stop_on_sigterm, summary
 from keras_fastres.finetune import initialize_from
 from keras_fastres.lock import folder_lock
 from keras_fastres.machine import (
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 
 
 DATA_IDENTITY = ("class_names", "data_files")  # data_identity's keys
+FEW_IMAGES = 10  # a class with fewer training images is warned about
 SHOWN_SKIPPED_FILES = 100  # of the undecodable files, those metrics.json names
 
 
@@ -120,6 +123,8 @@ def train(config: TrainConfig, progress=None) -> dict:
     logger "keras_fastres" (INFO) and `FastResWarning`s."""
     require_tensorflow_backend("Training with the recipes")
     check_config(config)
+    if config.cache_only:
+        return fill_cache(config, progress)
     run_dir = config.run_dir()
     check_output_dir(run_dir)
     check_not_finished(run_dir)
@@ -136,17 +141,22 @@ def _train(config, run_dir, strategy, chief, progress):
     """The run in five phases: its seed and backup, its data, its model, training, outputs."""
     backup, seed = _prepare(config, run_dir, strategy, chief)
     images = _load_data(config, seed, backup, run_dir, strategy.num_replicas_in_sync, progress)
+    normalization = (images.name if data.is_cifar(images.name)
+                     else data.channel_statistics(images.train.images))
     # The learning rate trained with; the experiment keeps the one asked for.
     config = dataclasses.replace(config, learning_rate=scaled_learning_rate(config))
-    model, trainer, train_data, test_data = _model(config, images, seed, strategy)
+    model, trainer, train_data, test_data = _model(config, images, seed, strategy,
+                                                   normalization)
+    about_data = data_summary(images, normalization)
     finished_epochs, timer, stop = _fit(config, run_dir, chief, backup, model, trainer,
-                                        train_data, test_data, images)
+                                        train_data, test_data, images, about_data)
     if model.stop_training:
         raise RunFailed(
             f"Training stopped in epoch {finished_epochs + len(timer.epoch_seconds)} of "
             f"{config.epochs}: {stop.reason}. Lower the learning rate or check the data; the "
             f"history is in {run_dir}.")
-    return _finish(config, run_dir, chief, seed, model, trainer, test_data, images, timer)
+    return _finish(config, run_dir, chief, seed, model, trainer, test_data, images, timer,
+                   about_data)
 
 
 def _prepare(config, run_dir, strategy, chief):
@@ -173,7 +183,12 @@ def _load_data(config, seed, backup, run_dir, replicas, progress):
         image_size=config.image_size, validation_fraction=config.validation_fraction,
         train_split=config.train_split, test_split=config.test_split,
         synthetic_size=config.synthetic_size, seed=seed, progress=progress,
-        max_memory=None if config.max_memory is None else int(config.max_memory * 2 ** 30))
+        max_memory=None if config.max_memory is None else int(config.max_memory * 2 ** 30),
+        resize=config.resize, cache_dir=config.cache_dir)
+    if images.from_disk and config.data_placement == "device":
+        raise ValueError("--data-placement device copies the training split to the accelerator, "
+                         "and this one is larger than the memory budget (--max-memory); use "
+                         "--data-placement auto or host.")
     stored = backup.stored_experiment()
     backup.experiment.update(data_identity(images))
     if stored is not None:
@@ -183,9 +198,69 @@ def _load_data(config, seed, backup, run_dir, replicas, progress):
     return images
 
 
-def _model(config, images, seed, strategy):
-    """The compiled model (CIFAR's published statistics, or those of the training split), its
-    trainer, and the training and test data pipelines."""
+def fill_cache(config, progress=None):
+    """`cache_only`: the folder of `config.data` decoded into the cache (or found there), and
+    {"cache": "hit"|"miss", "cache_entry", "train_images", "test_images"}; no training."""
+    images = data.load(
+        folder=config.data, image_size=config.image_size, resize=config.resize,
+        validation_fraction=config.validation_fraction, cache_dir=config.cache_dir,
+        progress=progress, max_memory=0)  # nothing read into memory
+    return {"cache": images.details.cache, "cache_entry": images.details.cache_entry,
+            "train_images": len(images.train.labels), "test_images": len(images.test.labels)}
+
+
+def data_summary(images, normalization):
+    """What a run trains on, for its log and metrics.json: source, classes with their train
+    and test counts, image size, normalisation, and for a folder the cache, the resize mode,
+    the skipped and ignored files and the images of odd shapes."""
+    train = np.bincount(images.train.labels, minlength=images.num_classes)
+    test = np.bincount(images.test.labels, minlength=images.num_classes)
+    about = {"source": images.name,
+             "classes": {name: [int(a), int(b)] for name, a, b in
+                         zip(images.class_names, train, test)},
+             "image_size": list(images.image_shape[:2]),
+             "normalization": (normalization if isinstance(normalization, str) else
+                               {"mean": [round(v, 3) for v in normalization[0]],
+                                "std": [round(v, 3) for v in normalization[1]]}),
+             "from_disk": images.from_disk}
+    details = images.details
+    if details is not None:
+        about.update({"cache": details.cache, "cache_entry": details.cache_entry,
+                      "resize": details.resize, "skipped_files": len(details.skipped),
+                      "ignored_files": len(details.ignored),
+                      "far_from_aspect": details.far_aspect,
+                      "far_smaller": details.far_smaller})
+    return about
+
+
+def summary_lines(about):
+    """`data_summary` as the lines a run logs before its first epoch."""
+    classes = about["classes"]
+    shown = ", ".join(f"{name} {a}/{b}" for name, (a, b) in list(classes.items())[:12])
+    lines = [f"Data: {about['source']}"
+             + (f" (cache {about['cache']}: {about['cache_entry']})" if "cache" in about else "")
+             + (", read from disk a batch at a time" if about["from_disk"] else ""),
+             f"  {len(classes)} classes, train/test images: {shown}"
+             + (", ..." if len(classes) > 12 else ""),
+             f"  {sum(a for a, _ in classes.values()):,} training and "
+             f"{sum(b for _, b in classes.values()):,} test images of "
+             f"{about['image_size'][0]}x{about['image_size'][1]}"
+             + (f", resize {about['resize']}" if "resize" in about else "")]
+    norm = about["normalization"]
+    lines.append("  normalisation: " + (f"{norm}'s published statistics" if isinstance(norm, str)
+                                         else f"mean {norm['mean']}, std {norm['std']} (of the "
+                                              f"training images)"))
+    if "cache" in about:
+        lines.append(f"  skipped {about['skipped_files']} files that could not be decoded, "
+                     f"ignored {about['ignored_files']} that are not images; "
+                     f"{about['far_from_aspect']} images 2x or more off the size's aspect, "
+                     f"{about['far_smaller']} under half its side")
+    return lines
+
+
+def _model(config, images, seed, strategy, normalization):
+    """The compiled model (`normalization`: CIFAR's published statistics, or those of the
+    training split), its trainer, and the training and test data pipelines."""
     keras.utils.set_random_seed(seed)
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
@@ -195,8 +270,7 @@ def _model(config, images, seed, strategy):
         model = build_and_compile(
             config, images.num_classes, synchronized_batch_norm=replicas > 1,
             input_shape=images.image_shape, class_names=list(images.class_names),
-            normalization=images.name if data.is_cifar(images.name) else
-            data.channel_statistics(images.train.images))
+            normalization=normalization)
     trainer = distribute.Trainer(model, strategy, resolve_jit_compile(config.jit_compile))
     mixed = data.mixes_labels(config.extra_augmentation)
     train_data = data.TrainingData(images.train, config.batch_size, seed, images.num_classes,
@@ -206,15 +280,25 @@ def _model(config, images, seed, strategy):
     return model, trainer, train_data, test_data
 
 
-def _fit(config, run_dir, chief, backup, model, trainer, train_data, test_data, images):
-    """Trains from the last finished epoch (or fine-tunes a new run's initial weights);
-    returns the epochs finished before, the timer and the non-finite stop."""
+def _fit(config, run_dir, chief, backup, model, trainer, train_data, test_data, images,
+         about_data):
+    """Trains from the last finished epoch (or fine-tunes a new run's initial weights), after
+    logging the data's summary; returns the epochs finished before, the timer and the
+    non-finite stop."""
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
         files.remove_leftovers(run_dir)  # history and metrics a killed run was replacing
     finished_epochs = backup.restore(model)
     if config.init_from and not finished_epochs:
         log.info(initialize_from(model, config.init_from))
+    for line in summary_lines(about_data):
+        log.info(line)
+    few = {name: a for name, (a, _) in about_data["classes"].items() if a < FEW_IMAGES}
+    if few and images.details is not None:  # a folder's classes (CIFAR's have thousands)
+        shown = ", ".join(f"{name} ({count})" for name, count in list(few.items())[:5])
+        warnings.warn(f"{len(few)} classes have fewer than {FEW_IMAGES} training images: "
+                      f"{shown}{', ...' if len(few) > 5 else ''}; their test error says little",
+                      FastResWarning, stacklevel=2)
     if finished_epochs and chief:
         # A kill between an epoch's history row and its backup leaves a row the run redoes.
         callbacks.truncate_history(run_dir / "history.csv", finished_epochs)
@@ -226,7 +310,7 @@ def _fit(config, run_dir, chief, backup, model, trainer, train_data, test_data, 
     outputs = [callbacks.HistoryCSV(run_dir / "history.csv"),
                keras.callbacks.TensorBoard(run_dir / "tensorboard", profile_batch=0)]
     stop = callbacks.StopOnNonFinite()
-    placement = "host" if config.extra_augmentation else resolve_data_placement(
+    placement = "host" if config.extra_augmentation or images.from_disk else resolve_data_placement(
         config.data_placement, 4 * images.train.images[..., 0].size)  # packed: 4 bytes a pixel
     trainer.fit(train_data, test_data, config.epochs, initial_epoch=finished_epochs,
                 verbose=verbose if chief else 0, callbacks=[
@@ -237,7 +321,7 @@ def _fit(config, run_dir, chief, backup, model, trainer, train_data, test_data, 
     return finished_epochs, timer, stop
 
 
-def _finish(config, run_dir, chief, seed, model, trainer, test_data, images, timer):
+def _finish(config, run_dir, chief, seed, model, trainer, test_data, images, timer, about_data):
     """The test error and the run's metrics; the chief writes the outputs."""
     test = trainer.evaluate(test_data)
     history = callbacks.read_history(run_dir / "history.csv") if chief else []
@@ -265,15 +349,35 @@ def _finish(config, run_dir, chief, seed, model, trainer, test_data, images, tim
         "outputs": str(run_dir) if chief else None,
         # As the command line writes them ("auto", "none"), where a setting's value is no word.
         **{field.name: option_word(field, getattr(config, field.name))
-           for field in dataclasses.fields(config) if field.name not in ("verbose", "output_dir")},
+           for field in dataclasses.fields(config) if field.name in applicable_settings(config)},
         "dataset": config.data_name(),  # with --data, the folder's name
         "seed": seed,
+        "data": about_data,
         "versions": versions(),
         "device": describe_device(),
     }
     if chief:
         write_outputs(model, config, metrics, history)
     return metrics
+
+
+FOLDER_SETTINGS = ("resize", "cache_dir", "cache_only", "max_memory")
+SOURCE_SETTINGS = ("source", "synthetic_size", "data_dir")
+
+
+def applicable_settings(config):
+    """The settings metrics.json records: those that apply to the run's data source (no
+    synthetic size or TFDS split in a folder run, no resize mode in a CIFAR run)."""
+    if config.data:
+        dropped = (*SOURCE_SETTINGS, "train_split", "test_split", "cache_only")
+    elif data.is_cifar(config.dataset):
+        dropped = (*FOLDER_SETTINGS, "train_split", "test_split", "image_size",
+                   "validation_fraction", *(() if config.source == "synthetic"
+                                            else ("synthetic_size",)))
+    else:
+        dropped = (*FOLDER_SETTINGS, "source", "synthetic_size")
+    return [field.name for field in dataclasses.fields(config)
+            if field.name not in ("verbose", "output_dir", *dropped)]
 
 
 def experiment(config, seed):

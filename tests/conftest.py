@@ -2,6 +2,11 @@ import os
 
 # Quiet TensorFlow's C++ start-up logging; must be set before TensorFlow is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Decoded image folders go to a cache of this session's (and its child processes'), not the
+# user's: every test folder is a new one, so the first load of each decodes.
+if "KERAS_FASTRES_CACHE" not in os.environ:
+    import tempfile
+    os.environ["KERAS_FASTRES_CACHE"] = tempfile.mkdtemp(prefix="keras_fastres-cache-")
 
 import io
 import pickle

@@ -181,12 +181,16 @@ def test_loader_benchmark_counts_the_images_it_decoded(tmp_path, capsys):
         (tmp_path / f"class{index % 2}").mkdir(exist_ok=True)
         Image.new("RGB", (64, 64), (index, 0, 0)).save(tmp_path / f"class{index % 2}/{index}.jpg")
     (tmp_path / "class0" / "broken.jpg").write_bytes(b"no jpeg")
-    assert main(["--loader", str(tmp_path), "--image-size", "16", "--rounds", "2", "--json",
-                 str(tmp_path / "loader.json")]) == 0
-    [result] = json.loads((tmp_path / "loader.json").read_text())["results"]
-    assert (result["images"], result["skipped"], result["image_size"]) == (12, 1, "16x16")
-    assert len(result["loader_images_per_second_per_round"]) == 2
+    assert main(["--loader", str(tmp_path), "--image-size", "16", "--rounds", "2", "--workers",
+                 "1,2", "--json", str(tmp_path / "loader.json")]) == 0
+    one, two = json.loads((tmp_path / "loader.json").read_text())["results"]
+    for workers, result in ((1, one), (2, two)):
+        assert (result["images"], result["skipped"], result["image_size"]) == (12, 1, "16x16")
+        assert result["workers"] == workers and len(result["loader_images_per_second_per_round"]) == 2
+    assert one["speedup"] == 1 and two["speedup"] == pytest.approx(
+        two["loader_images_per_second"] / one["loader_images_per_second"])
     assert "loader images/s" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*/folders"))  # each round's cache was its own, now gone
     with pytest.raises(SystemExit) as refused:
         main(["--loader", str(tmp_path / "none")])
     assert refused.value.code == 2

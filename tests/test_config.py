@@ -68,7 +68,7 @@ def test_options_map_to_settings_and_words_to_values():
 def test_the_experiment_is_the_settings_marked_so():
     assert experiment_fields(TrainConfig()) == (
         "dataset", "data", "image_size", "validation_fraction", "train_split", "test_split",
-        "no_flip", "init_from", "depth", "variant", "shortcut", "epochs", "batch_size", "learning_rate",
+        "no_flip", "init_from", "resize", "depth", "variant", "shortcut", "epochs", "batch_size", "learning_rate",
         "momentum", "weight_decay", "drop_path_rate", "extra_augmentation", "precision",
         "lr_scaling", "source", "synthetic_size")
     stored = experiment(TrainConfig(source="synthetic"), seed=3)

@@ -189,7 +189,7 @@ ARGUMENTS = {"depth": 8, "variant": "v1", "num_classes": 7, "input_shape": [24, 
              "normalization": [[33.0], [78.5]], "classifier_activation": None,
              "synchronized_batch_norm": False, "batch_norm": "keras",
              "dtype": "mixed_bfloat16",
-             "class_names": ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]}
+             "class_names": ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"], "resize": "pad"}
 
 
 def test_the_model_remembers_its_arguments(tmp_path):
@@ -213,7 +213,8 @@ def test_defaults_and_aliases_are_recorded_too():
         "shortcut": "A", "drop_path_rate": 0.0, "include_top": True, "weight_decay": 1e-4,
         "normalization": "auto", "classifier_activation": "softmax",
         "synchronized_batch_norm": False, "batch_norm": "auto",
-        "dtype": keras.config.dtype_policy().name, "class_names": None, "name": "resnet20_type1",
+        "dtype": keras.config.dtype_policy().name, "class_names": None, "resize": "stretch",
+        "name": "resnet20_type1",
         "trainable": True}
     assert type(FastResNet.from_config(config)) is FastResNet
 

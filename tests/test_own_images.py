@@ -4,7 +4,6 @@ class names by fastres-predict and on onnxruntime, and fine-tuned on three of th
 another image size; a (mocked) TFDS catalog data set through the command line."""
 
 import json
-import os
 import re
 import struct
 import zlib
@@ -85,7 +84,10 @@ def test_digits_in_a_folder_train_export_predict_and_fine_tune(tmp_path, capsys)
     assert metrics["skipped_images"] == 2 and len(metrics["skipped_files"]) == 2
     warning = [line for line in out.err.splitlines() if line.startswith("warning: skipped")]
     assert len(warning) == 1 and "broken.png" in warning[0] and "bomb.png" in warning[0]
-    assert "10000x10000 pixels" in warning[0] and "notes.txt" not in out.err
+    assert "10000x10000 pixels" in warning[0] and "notes.txt" not in warning[0]
+    ignored = [line for line in out.err.splitlines() if line.startswith("warning: ignored")]
+    assert len(ignored) == 1 and "ignored 1 files that are not images" in ignored[0]
+    assert "notes.txt" in ignored[0]
     model = keras.saving.load_model(run / "model.keras")
     assert model.class_names == sorted(WORDS) and model.input_shape == (None, 16, 16, 3)
     mean, std = model.get_config()["normalization"]
@@ -161,9 +163,9 @@ def two_splits(root, train, test):
      "Class 'dog' .* has no training images"),
     (lambda root: two_splits(root, {"cat": 2, "dog": 2}, {"cat": 1, "cow": 1}), [],
      "Test class 'cow' .* is not a training class; the training classes are .*: cat, dog"),
-    (lambda root: class_folders(root, {"cat": 4, "dog": 4}), ["--max-memory", "2e-6"],
-     r"8 images at 512x512 take 6.0 MiB .* budget of 2.1 KiB \(--max-memory\); "
-     r"--image-size 9 would fit"),
+    (lambda root: class_folders(root, {"cat": 4, "dog": 4}), ["--cache-dir", "/dev/null"],
+     r"Cannot write the decoded images to the cache /dev/null/folders \(.*\); pass a "
+     r"writable --cache-dir"),
     (lambda root: class_folders(root, {"cat": 2, "dog": 2}), ["--dataset", "cifar100"],
      "data and dataset are two data sets"),
     (lambda root: class_folders(root, {"cat": 2, "dog": 2}), ["--image-size", "3"],
@@ -178,8 +180,7 @@ def two_splits(root, train, test):
 def test_each_bad_folder_is_one_line_before_any_training(make, extra, message, tmp_path,
                                                           capsys):
     make(tmp_path / "images")
-    size = ["--image-size", "512"] if "--max-memory" in extra else []
-    code = train_command(["--data", str(tmp_path / "images"), *size, *extra, "--output-dir",
+    code = train_command(["--data", str(tmp_path / "images"), *extra, "--output-dir",
                           str(tmp_path / "run")])
     error = capsys.readouterr().err
     assert code in (1, 2) and re.search(message, error), error
@@ -329,24 +330,6 @@ def test_a_run_resumes_only_on_the_same_files(tmp_path, monkeypatch, capsys):
     assert "Resuming" in capsys.readouterr().out
 
 
-def test_an_interrupted_load_stops_without_decoding_the_rest(tmp_path, monkeypatch):
-    from keras_fastres.data import folder
-
-    class_folders(tmp_path, {"cat": 10, "dog": 10})
-    calls = []
-
-    def interrupted(path, *args):
-        calls.append(path)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(folder, "CHUNK", 1)
-    monkeypatch.setattr(folder, "decode_image", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        folder.load_image_folder(tmp_path, 8)
-    # At most the file each decoding thread had begun, whatever the machine's load: the
-    # first failure stops the others (the 18 waiting files are never decoded).
-    assert 1 <= len(calls) <= (os.cpu_count() or 1)  # one decoding thread per CPU
-
-
 @pytest.mark.parametrize("args, message", [
     (["--image-size", "64", "--synthetic"], "image_size is for --data and tfds:NAME"),
     (["--dataset", "imagenet"], r"or tfds:NAME .*got 'imagenet'; for a folder .* --data DIR"),
@@ -399,5 +382,6 @@ def test_a_damaged_file_is_a_warning_and_the_loader_prints_nothing(tmp_path, cap
             (done, total)))
     assert len(loaded.train.labels) + len(loaded.test.labels) == 8
     assert capsys.readouterr() == ("", "")
-    assert f"Decoding {tmp_path}: 9 files ..." in caplog.text and "done in" in caplog.text
+    assert f"Decoding {tmp_path}: 9 files into the cache " in caplog.text
+    assert "done in" in caplog.text
     assert seen and seen[-1] == (9, 9) and all(total == 9 for _, total in seen)

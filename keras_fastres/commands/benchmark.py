@@ -9,7 +9,7 @@ folder of images (--loader).
     KERAS_BACKEND=jax fastres-benchmark --depths 20 --variants type1
     fastres-benchmark --inference                       # ResNet-110 preact, type1
     fastres-benchmark --pipeline                        # augmentation images/s, 32 and 64
-    fastres-benchmark --loader DIR --image-size 64      # image folder decoding images/s
+    fastres-benchmark --loader DIR --image-size 64 --workers 1,2   # decoding images/s
 
 Under KERAS_BACKEND=jax or torch the models train with Keras's own train step on that backend.
 """
@@ -72,8 +72,12 @@ def main(argv=None):
                              "random 32x32 images per round, then of 64x64 ones; --batch-size "
                              "and --rounds apply)")
     parser.add_argument("--loader", metavar="DIR",
-                        help="time loading a folder of images into memory (as fastres-train "
-                             "--data DIR; --image-size and --rounds apply)")
+                        help="time a first load of a folder of images into the cache (as "
+                             "fastres-train --data DIR; --image-size, --workers and --rounds "
+                             "apply)")
+    parser.add_argument("--workers", type=csv_list(positive_integer), default=None,
+                        help="with --loader: comma-separated counts of decoding processes, "
+                             "timed side by side (default: 1 and one per CPU)")
     parser.add_argument("--image-size", type=positive_integer, default=32,
                         help="with --loader: the size images are resized to")
     parser.add_argument("--batch-size", type=positive_integer, default=BATCH_SIZE,
@@ -107,6 +111,8 @@ def main(argv=None):
     if args.report and args.json and Path(args.json).suffix == ".md":
         parser.error(f"--json {args.json}: with --report the Markdown copy is written beside it "
                      f"with the suffix .md, over the JSON; give a name such as report.json")
+    if args.workers and not args.loader:
+        parser.error("--workers goes with --loader")
     if args.loader and not Path(args.loader).is_dir():
         parser.error(f"--loader: {args.loader} is not a folder; give a folder of class folders "
                      f"(DIR/<class>/<images>)")
@@ -123,7 +129,7 @@ def benchmark(args):
         print(f"Benchmarking loading {args.loader} at {args.image_size}x{args.image_size}: "
               f"{args.rounds} rounds.", file=sys.stderr)
         report = loader.run_loader_benchmark(args.loader, args.image_size, args.rounds,
-                                             progress=print_progress)
+                                             progress=print_progress, workers=args.workers)
     elif args.pipeline:
         print(f"Benchmarking the training pipeline: batch {args.batch_size}, {args.rounds} "
               f"epochs of 50,000 images at 32x32, then 64x64.", file=sys.stderr)

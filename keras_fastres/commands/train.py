@@ -120,6 +120,11 @@ def train_and_report(config):
     progress = (progress_bar(f"Decoding {Path(config.data).expanduser()}")
                 if config.data and sys.stdout.isatty() else None)
     metrics = train(config, progress)
+    if config.cache_only:
+        print(f"{metrics['train_images']:,} training and {metrics['test_images']:,} test images "
+              f"{'were already' if metrics['cache'] == 'hit' else 'now'} in the cache: "
+              f"{metrics['cache_entry']}")
+        return
     print(f"test error {100 * metrics['test_error']:.2f}%, "
           f"{metrics['mean_epoch_seconds']:.2f} s/epoch "
           f"({metrics['images_per_second']:.0f} images/s) on {metrics['device']}; "

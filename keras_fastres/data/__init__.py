@@ -1,9 +1,11 @@
-"""The data sources, each returning a whole data set in memory as `ImageData` (uint8 images
+"""The data sources, each returning a whole data set as `ImageData` (uint8 images
 `(N, H, W, 3)`, int64 labels, class names), and the pipelines that feed them to training:
 
     cifar.py     CIFAR-10/100: TFDS, the official archives, or synthetic images
     catalog.py   any image-classification data set of the TFDS catalog (--dataset tfds:NAME)
-    folder.py    a folder of class folders (--data DIR)
+    folder.py    a folder of class folders (--data DIR), decoded once into
+    cache.py     the decode-once cache, by
+    decoding.py  one file's pixels (EXIF, resize modes) and the decoding worker processes
     splits.py    what they return and share: Split, ImageData, the stratified hold-out
     pipeline.py  TrainingData (shuffle, crop, flip per epoch) and test_dataset
 
@@ -22,6 +24,7 @@ from keras_fastres.data.cifar import (
     load_cifar,
     synthetic_cifar,
 )
+from keras_fastres.data.decoding import RESIZE_MODES
 from keras_fastres.data.folder import image_size_pair, load_image_folder
 from keras_fastres.data.pipeline import (
     EXTRA_AUGMENTATIONS,
@@ -41,7 +44,8 @@ from keras_fastres.data.splits import (
 )
 
 __all__ = [
-    "ARCHIVES", "CLASS_NAMES", "DATASETS", "EXTRA_AUGMENTATIONS", "SOURCES", "TFDS_PREFIX",
+    "ARCHIVES", "CLASS_NAMES", "DATASETS", "EXTRA_AUGMENTATIONS", "RESIZE_MODES", "SOURCES",
+    "TFDS_PREFIX",
     "DataUnavailableError", "ImageData", "Split", "TrainingData", "augmentation_draws",
     "channel_statistics", "check_dataset", "check_dataset_name", "check_extra_augmentation",
     "check_source", "check_validation_fraction", "crop_and_flip", "image_size_pair", "is_cifar",
@@ -65,14 +69,15 @@ def check_dataset_name(dataset):
 
 def load(dataset="cifar10", *, folder=None, source="tfds", data_dir=None, image_size=(32, 32),
          validation_fraction=0.1, train_split="train", test_split="test",
-         synthetic_size=(1024, 256), max_memory=None, seed=0, progress=None) -> ImageData:
+         synthetic_size=(1024, 256), max_memory=None, seed=0, progress=None,
+         resize="stretch", cache_dir=None) -> ImageData:
     """The data set of a training run: the image `folder` when given (`load_image_folder`),
     else `dataset`: tfds:NAME (`load_catalog`) or cifar10/cifar100 from `source`
     (`load_cifar`). Each argument goes to the loader that takes it; see those."""
     size = image_size_pair(image_size)
     if folder:
         return load_image_folder(folder, size, validation_fraction, max_memory=max_memory,
-                                 progress=progress)
+                                 progress=progress, resize=resize, cache_dir=cache_dir)
     if not is_cifar(dataset):
         return load_catalog(dataset[len(TFDS_PREFIX):], data_dir, size, train_split,
                             test_split, validation_fraction)

@@ -4,43 +4,48 @@
     DIR/train/<class>/<image>, DIR/test/<class>/<image>   the two splits as given
     DIR/<class>/<image>                                   a stratified hold-out is the test split
 
-Class names are the folder names in sorted order (label i is the i-th). PNG, JPEG, BMP and GIF
-(its first frame) files are read, at any depth below their class folder; other files are
-ignored. Every image becomes RGB (grayscale, 16-bit grayscale and palette converted, alpha
-dropped) and is resized to the asked size (stretched, antialiased). A file that cannot be
-decoded is skipped and named in one warning; so is one whose header declares more than
-`MAX_PIXELS` pixels (a decompression bomb), without being decoded.
+Class names are the folder names in sorted order (label i is the i-th). Every still format
+Pillow reads is loaded (PNG, JPEG, WebP, TIFF, BMP, GIF's first frame...), at any depth below
+its class folder, linked folders followed once; other files are ignored and named in a warning.
+Each image is made upright (EXIF), RGB, and resized to the asked size by the resize mode
+(data/decoding.py). A file that cannot be decoded is skipped and named in one warning; so is
+one whose header declares more than `MAX_PIXELS` pixels (a decompression bomb), undecoded.
+
+The folder is decoded once, by one process per CPU, into the cache (data/cache.py); later runs
+read the cache. A set larger than `max_memory` stays memory-mapped in the cache, and training
+reads it a batch at a time.
 """
 
-import concurrent.futures
 import hashlib
 import logging
-import math
 import os
-import threading
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from keras_fastres.data import cache, decoding
+from keras_fastres.data.decoding import MAX_PIXELS, check_resize, decode_image, image_suffixes
 from keras_fastres.data.splits import (
     DataUnavailableError,
     ImageData,
-    Split,
     check_validation_fraction,
     holdout,
 )
-from keras_fastres.errors import FastResWarning, summary
+from keras_fastres.errors import FastResWarning
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-MAX_PIXELS = 64 * 2 ** 20  # 64 megapixels: 8192x8192, or a 50-megapixel camera's photo
-SHOWN_SKIPPED = 5  # files named in the warning
-CHUNK = 64  # files per decoding task
+__all__ = ["MAX_PIXELS", "decode_image", "load_image_folder", "list_images", "image_size_pair"]
+
+SHOWN_SKIPPED = 5  # files named in a warning
+LOADER_VERSION = 2  # a new version (other pixels for the same files) misses every cache
+PROCESS_FILES = 1000  # fewer files are decoded in this process: a worker's start costs more
 
 
 def image_size_pair(image_size):
@@ -55,51 +60,34 @@ def image_size_pair(image_size):
     return pair
 
 
-def decode_image(path, height, width, max_pixels=MAX_PIXELS):
-    """uint8 `(height, width, 3)` pixels of a PNG, JPEG, BMP or GIF file: RGB, resized with
-    antialiasing. A ValueError saying why when the file cannot be used (it is not such an
-    image, it is damaged, or its header declares more than `max_pixels` pixels)."""
-    try:
-        image = Image.open(path)  # reads the header only
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(summary(error)) from None
-    with image:
-        columns, rows = image.size
-        if columns * rows > max_pixels:
-            raise ValueError(f"its header declares {columns}x{rows} pixels, more than "
-                             f"{max_pixels:,}: not decoded (a decompression bomb?)")
-        try:
-            if image.format == "JPEG" and (columns > width or rows > height):
-                image.draft("RGB", (width, height))  # decoded at a smaller scale (1/2 to 1/8)
-            if image.mode.startswith("I"):  # 16-bit grayscale: scaled to 8 bits, not clipped
-                image = Image.fromarray(np.clip(np.round(
-                    np.asarray(image, np.float64) / 257), 0, 255).astype(np.uint8), "L")
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            if image.size != (width, height):
-                # Pillow's bilinear filter widens with the reduction: antialiased.
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
-        except (OSError, SyntaxError, ValueError) as error:  # Pillow's "damaged"
-            raise ValueError(summary(error)) from None
-
-
 def _class_folders(root):
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images_below(folder):
-    found = []
-    for parent, folders, files in os.walk(folder):
+def _images_below(folder, seen, ignored):
+    """The image files (paths as strings: a million Path objects cost seconds) at any depth
+    below `folder`, sorted, following linked folders once
+    (`seen`: the real paths of the folders already read, so a link loop ends); the other
+    files (not hidden) are added to `ignored`."""
+    found, suffixes = [], set(image_suffixes())
+    for parent, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
         folders[:] = sorted(f for f in folders if not f.startswith("."))
-        found += [Path(parent, f) for f in sorted(files)
-                  if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]
+        for name in sorted(files):
+            if not name.startswith("."):
+                is_image = os.path.splitext(name)[1].lower() in suffixes
+                (found if is_image else ignored).append(os.path.join(parent, name))
     return found
 
 
 def list_images(directory):
-    """The class names and the (path, label) lists of the train and test splits (test None
-    when the folder has no test/ folder), or a DataUnavailableError saying what is wrong."""
+    """The class names, the (path, label) lists of the train and test splits (test None when
+    the folder has no test/ folder) and the files that are not images Pillow reads; or a
+    DataUnavailableError saying what is wrong."""
     root = Path(directory).expanduser()
     if not root.is_dir():
         raise DataUnavailableError(f"{root} is not a folder; --data needs a folder of class "
@@ -122,12 +110,15 @@ def list_images(directory):
     if len(names) == 1:
         raise DataUnavailableError(f"{train_root} has a single class folder ({names[0]}); a "
                                    f"classifier needs two or more.")
+    seen, ignored = set(), []
     train = [(path, label) for label, folder in enumerate(classes)
-             for path in _images_below(folder)]
+             for path in _images_below(folder, seen, ignored)]
     counts = np.bincount([label for _, label in train], minlength=len(names))
     if not counts.any():
-        raise DataUnavailableError(f"The class folders of {train_root} hold no PNG, JPEG, BMP or "
-                                   f"GIF files.")
+        raise DataUnavailableError(
+            f"The class folders of {train_root} hold no image files Pillow reads (PNG, JPEG, "
+            f"WebP, TIFF, BMP, GIF...)" + (f"; they hold {len(ignored)} other files, e.g. "
+                                           f"{ignored[0]}" if ignored else "") + ".")
     if not counts.all():
         empty = [names[i] for i in np.flatnonzero(counts == 0)]
         raise DataUnavailableError(
@@ -135,7 +126,7 @@ def list_images(directory):
             + (f" (nor have {', '.join(empty[1:4])}{'...' if len(empty) > 4 else ''})"
                if len(empty) > 1 else "") + "; every class needs some.")
     if test_root is None:
-        return names, train, None
+        return names, train, None, ignored
     test = []
     for folder in _class_folders(test_root):
         if folder.name not in names:
@@ -143,31 +134,17 @@ def list_images(directory):
                 f"Test class {folder.name!r} ({folder}) is not a training class; the training "
                 f"classes are the folders of {train_root}: {', '.join(names[:10])}"
                 f"{'...' if len(names) > 10 else ''}.")
-        test += [(path, names.index(folder.name)) for path in _images_below(folder)]
+        test += [(path, names.index(folder.name))
+                 for path in _images_below(folder, seen, ignored)]
     if not test:
         raise DataUnavailableError(f"{test_root} holds no images in class folders; remove it to "
                                    f"hold out part of the training images instead.")
-    return names, train, test
+    return names, train, test, ignored
 
 
 def default_max_memory():
     """Half of the machine's memory, in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-
-
-def check_memory(count, height, width, max_memory):
-    """A DataUnavailableError when `count` RGB images of height x width (uint8) exceed
-    `max_memory` bytes, naming an image size that would fit."""
-    needed = count * height * width * 3
-    if needed <= max_memory:
-        return
-    scale = math.sqrt(max_memory / needed)
-    smaller = (int(height * scale), int(width * scale))
-    advice = (f"--image-size {smaller[0]}" + (f" {smaller[1]}" if smaller[0] != smaller[1] else "")
-              + " would fit" if min(smaller) >= 4 else "no image size would fit: use fewer images")
-    raise DataUnavailableError(
-        f"{count:,} images at {height}x{width} take {_size(needed)} in memory, more than the "
-        f"budget of {_size(max_memory)} (--max-memory); {advice}, or raise --max-memory.")
 
 
 def _size(count):
@@ -180,107 +157,117 @@ def _size(count):
 def files_digest(root, train, test):
     """A fingerprint of which files make up each split (a run resumes only on the same)."""
     digest = hashlib.sha256()
+    prefix = len(str(root).rstrip(os.sep)) + 1  # the listing's paths all start with the root's
     for split, files in (("train", train), ("test", test)):
         digest.update(split.encode())
         for path, label in files:
-            digest.update(f"\0{path.relative_to(root)}\0{label}".encode())
+            digest.update(f"\0{str(path)[prefix:]}\0{label}".encode())
     return digest.hexdigest()[:16]
 
 
-def _decode_all(files, height, width, max_pixels, progress):
-    """The images of `files` in one uint8 array, decoded by one thread per CPU, a chunk of
-    files per task (Pillow releases the GIL while it decodes and resizes; tasks of one small
-    file each spend more time handing over than decoding: 0.6x, measured), and the skipped
-    files with their reasons."""
-    images = np.empty((len(files), height, width, 3), np.uint8)
-    skipped = {}
-    stop = threading.Event()  # set by the first task that fails: the others decode no more
+@dataclass
+class FolderDetails:
+    """What loading a folder found, beyond the images (`ImageData.details` of a folder)."""
 
-    def decode(start):
-        for index in range(start, min(start + CHUNK, len(files))):
-            if stop.is_set():
-                break
-            try:
-                images[index] = decode_image(files[index][0], height, width, max_pixels)
-            except ValueError as error:
-                skipped[index] = str(error)
-            except BaseException:
-                stop.set()
-                raise
-        return min(start + CHUNK, len(files))
-    pool = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
-    try:
-        for done in pool.map(decode, range(0, len(files), CHUNK)):
-            progress(done)
-    finally:  # Ctrl-C or SIGTERM: the chunks not started are dropped, not decoded first
-        pool.shutdown(cancel_futures=True)
-    keep = np.array([i not in skipped for i in range(len(files))], bool)
-    labels = np.array([label for _, label in files], np.int64)
-    if skipped:
-        images, labels = images[keep], labels[keep]
-    return Split(images, labels), [(files[i][0], skipped[i]) for i in sorted(skipped)]
+    cache: str  # "hit" or "miss"
+    cache_entry: str  # the entry's folder
+    resize: str
+    skipped: list = field(default_factory=list)  # [(path, reason)] of files not decoded
+    ignored: list = field(default_factory=list)  # files of types Pillow does not read
+    far_aspect: int = 0  # images whose aspect is 2x or more off the target's
+    far_smaller: int = 0  # images with a side under half the target's
+    seconds: float = 0.0  # listing, and decoding on a miss
 
 
 def load_image_folder(directory: str | os.PathLike, image_size: int | Sequence[int] = 32,
                       validation_fraction: float = 0.1, seed: int = 0,
                       max_memory: int | None = None, max_pixels: int = MAX_PIXELS,
-                      progress: Callable[[int, int], None] | None = None) -> ImageData:
-    """Loads a folder of class folders into memory, as `load_cifar` loads CIFAR.
+                      progress: Callable[[int, int], None] | None = None,
+                      resize: str = "stretch", cache_dir: str | os.PathLike | None = None,
+                      workers: int | None = None) -> ImageData:
+    """Loads a folder of class folders, as `load_cifar` loads CIFAR, through the decode-once
+    cache (data/cache.py): the first load decodes every file into the cache, later loads of
+    the same files with the same settings read it without decoding.
 
     Args:
         directory: `DIR/train/<class>/...` and `DIR/test/<class>/...`, or `DIR/<class>/...`
-            alone (then a stratified hold-out is the test split).
+            alone (then a stratified hold-out is the test split). Images at any depth below
+            a class folder, linked folders followed (once), in any still format Pillow reads.
         image_size: an int (square) or (height, width): every image is resized to it.
         validation_fraction: with class folders only, the part of each class held out as the
             test split (drawn with `seed`; the same for every run of the same files).
         seed: the hold-out's seed.
-        max_memory: bytes the decoded images may take (N * H * W * 3); default half of the
-            machine's memory. Checked before any image is decoded.
+        max_memory: bytes the decoded images may take in memory (N * H * W * 3); default half
+            of the machine's memory. A larger set is returned memory-mapped from the cache
+            (`ImageData.from_disk`), which training reads a batch at a time.
         max_pixels: images whose header declares more pixels are skipped, not decoded.
         progress: None, or a callable `progress(done, total)` told how many files are
             decoded, e.g. to draw a bar. The start and the end are logged (INFO, logger
             keras_fastres.data.folder); skipped files are a `FastResWarning`.
+        resize: "stretch" (default), "crop" (the centred window of the target's aspect) or
+            "pad" (letterboxed on zeros); see data/decoding.py.
+        cache_dir: where decoded folders are kept; default `cache.default_cache_dir()`.
+        workers: decoding processes; None: one per CPU for 1,000 files or more, else this
+            process; 0: this process.
 
     Returns:
         `ImageData`: `train` and `test` splits of uint8 images `(N, H, W, 3)` and int64 labels
         `(N,)`, `class_names` (the folder names, sorted), `skipped` (the paths of the files
-        skipped) and `files_digest` (which files make up each split).
+        skipped), `files_digest` (which files make up each split) and `details`
+        (`FolderDetails`: cache hit or miss, skipped and ignored files, odd shapes).
 
     Raises:
         DataUnavailableError: one line saying what is wrong with the folder and what to do.
     """
     height, width = image_size_pair(image_size)
     check_validation_fraction(validation_fraction)
+    check_resize(resize)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 0):
+        raise ValueError(f"workers must be a whole number >= 0 (0: decode in this process), "
+                         f"got {workers!r}.")
+    start = time.perf_counter()
     root = Path(directory).expanduser()
-    names, train, test = list_images(root)
+    names, train, test, ignored = list_images(root)
     if test is None:
         train_index, test_index = holdout(np.array([label for _, label in train]),
                                           validation_fraction, seed)
         train, test = [train[i] for i in train_index], [train[i] for i in test_index]
-    check_memory(len(train) + len(test), height, width,
-                 default_max_memory() if max_memory is None else max_memory)
-    total = len(train) + len(test)
-    log.info("Decoding %s: %s files ...", root, f"{total:,}")
-    start = time.perf_counter()
-    show = progress or (lambda done, total: None)
-    splits, skipped = [], []
-    with warnings.catch_warnings():  # Pillow's own bomb warning: such files are skipped here
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        for files, offset in ((train, 0), (test, len(train))):
-            split, lost = _decode_all(files, height, width, max_pixels,
-                                      lambda done, o=offset: show(o + done, total))
-            splits.append(split)
-            skipped += lost
-    log.info("Decoding %s: done in %.1f s", root, time.perf_counter() - start)
-    if skipped:
-        shown = "; ".join(f"{path} ({reason})" for path, reason in skipped[:SHOWN_SKIPPED])
-        warnings.warn(f"skipped {len(skipped)} of {total} image files that could not be used: "
-                      f"{shown}{'; ...' if len(skipped) > SHOWN_SKIPPED else ''}",
-                      FastResWarning, stacklevel=2)
-    train_split, test_split = splits
-    data = ImageData(f"folder:{root}", train_split, test_split, tuple(names),
-                     skipped=[str(path) for path, _ in skipped],
-                     files_digest=files_digest(root, train, test))
+    max_memory = default_max_memory() if max_memory is None else max_memory
+    parent = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
+    parent = parent / "folders"
+    key = cache.entry_key({"loader": LOADER_VERSION, "root": str(root.resolve()),
+                           "size": [height, width], "resize": resize,
+                           "max_pixels": max_pixels, "names": list(names)}, (train, test))
+    entry = parent / key
+    fits = (len(train) + len(test)) * height * width * 3 <= max_memory
+    found = cache.read_entry(entry, in_memory=fits)
+    if found is None:
+        log.info("Decoding %s: %s files into the cache %s ...", root,
+                 f"{len(train) + len(test):,}", entry)
+        _fill_entry(parent, entry, root, names, (train, test), (height, width), resize,
+                    max_pixels, workers, progress)
+        found = cache.read_entry(entry, in_memory=fits)
+        if found is None:
+            raise DataUnavailableError(f"The cache entry {entry} just written cannot be read "
+                                       f"back; pass another --cache-dir.")
+        state = "miss"
+    else:
+        state = "hit"
+        log.info("Read %s from the cache %s (decoded before: no file changed).", root, entry)
+    manifest, arrays = found
+    if not fits and max_memory:  # (0: the cache only is asked for)
+        log.info("%s: %s decoded, more than the memory budget of %s (--max-memory): training "
+                 "reads it from the memory-mapped cache, a batch at a time.", root,
+                 _size((len(train) + len(test)) * height * width * 3), _size(max_memory))
+    details = FolderDetails(state, str(entry), resize,
+                            [tuple(item) for item in manifest["skipped"]],
+                            [str(path) for path in ignored], manifest["far_aspect"],
+                            manifest["far_smaller"], time.perf_counter() - start)
+    _warn(details, len(train) + len(test))
+    data = ImageData(f"folder:{root}", arrays["train"], arrays["test"],
+                     tuple(names), skipped=[path for path, _ in details.skipped],
+                     files_digest=files_digest(root, train, test), details=details)
     missing = sorted(set(range(len(names))) - set(np.unique(data.train.labels).tolist()))
     if missing:  # every training image of a class could not be decoded
         raise DataUnavailableError(f"Class {names[missing[0]]!r} has no training image that "
@@ -290,3 +277,81 @@ def load_image_folder(directory: str | os.PathLike, image_size: int | Sequence[i
             f"{root} leaves no test image (every class has a single image, or no test image "
             f"could be decoded); add images, or a test/ folder beside train/.")
     return data
+
+
+def _fill_entry(parent, entry, root, names, splits, size, resize, max_pixels, workers,
+                progress):
+    """Decodes both splits into a new cache entry and publishes it (cache.publish)."""
+    total = sum(len(files) for files in splits)
+    needed = total * size[0] * size[1] * 3
+    try:
+        partial = cache.new_entry(parent)
+    except OSError as error:
+        raise DataUnavailableError(f"Cannot write the decoded images to the cache {parent} "
+                                   f"({error.strerror}); pass a writable --cache-dir.") from None
+    try:
+        free = shutil.disk_usage(partial).free
+        if needed > free:
+            raise DataUnavailableError(
+                f"The decoded images take {_size(needed)} and the cache {parent} has "
+                f"{_size(free)} free; pass a --cache-dir with room, or a smaller --image-size.")
+        if workers is None:
+            workers = (os.cpu_count() or 1) if total >= PROCESS_FILES else 0
+        show = progress or (lambda done, total: None)
+        start = time.perf_counter()
+        files = [*splits[0], *splits[1]]  # one array: the training rows, then the test rows
+        output = partial / cache.IMAGES
+        np.lib.format.open_memmap(output, "w+", np.uint8, (total, *size, 3))
+        with warnings.catch_warnings():  # Pillow's own bomb warning: such files are skipped
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            skipped, wide, small = decoding.decode_files(
+                [path for path, _ in files], output, max_pixels, resize, workers,
+                lambda done: show(done, total))
+        labels = np.array([label for _, label in files], np.int64)
+        keep = np.ones(total, bool)
+        keep[[row for row, _ in skipped]] = False
+        if skipped:
+            _keep_rows(output, keep)
+        np.save(partial / cache.LABELS, labels[keep])
+        manifest = {"version": LOADER_VERSION, "source": str(root), "image_size": list(size),
+                    "resize": resize, "class_names": list(names),
+                    "train": int(keep[:len(splits[0])].sum()),
+                    "test": int(keep[len(splits[0]):].sum()),
+                    "skipped": [(str(files[row][0]), reason) for row, reason in skipped],
+                    "far_aspect": wide, "far_smaller": small}
+        log.info("Decoding %s: done in %.1f s", root, time.perf_counter() - start)
+        cache.publish(partial, entry, manifest)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone when published
+
+
+def _keep_rows(output, keep, chunk=4096):
+    """Rewrites the .npy file `output` with only the rows where `keep` is true, a chunk of
+    rows in memory at a time."""
+    images = np.load(output, mmap_mode="r")
+    kept_file = output.with_suffix(".kept.npy")
+    kept = np.lib.format.open_memmap(kept_file, "w+", np.uint8,
+                                     (int(keep.sum()), *images.shape[1:]))
+    rows = np.flatnonzero(keep)
+    for first in range(0, len(rows), chunk):
+        kept[first:first + chunk] = images[rows[first:first + chunk]]
+    kept.flush()
+    del images, kept
+    os.replace(kept_file, output)
+
+
+def _warn(details, total):
+    """One FastResWarning for the files that could not be decoded, one for those of types
+    Pillow does not read."""
+    if details.skipped:
+        shown = "; ".join(f"{path} ({reason})" for path, reason in
+                          details.skipped[:SHOWN_SKIPPED])
+        warnings.warn(f"skipped {len(details.skipped)} of {total} image files that could not be "
+                      f"used: {shown}{'; ...' if len(details.skipped) > SHOWN_SKIPPED else ''}",
+                      FastResWarning, stacklevel=3)
+    if details.ignored:
+        shown = ", ".join(details.ignored[:SHOWN_SKIPPED])
+        warnings.warn(f"ignored {len(details.ignored)} files that are not images Pillow reads "
+                      f"(by their name's ending): {shown}"
+                      f"{', ...' if len(details.ignored) > SHOWN_SKIPPED else ''}",
+                      FastResWarning, stacklevel=3)

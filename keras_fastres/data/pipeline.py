@@ -32,16 +32,33 @@ def crop_padding(height, width):
 
 
 def test_dataset(split, batch_size, num_classes, one_hot=False):
-    """The evaluation pipeline: the images as they are, in order, batched.
+    """The evaluation pipeline: the images as they are, in order, batched; read a batch at a
+    time from a memory-mapped split (`np.memmap`), copied into TensorFlow otherwise.
 
     Yields `(images, labels)`: images `(batch, H, W, 3)` uint8, the raw pixels (the training
     step casts them); labels `(batch,)` int64, or one-hot float32 `(batch, num_classes)` with
     `one_hot` (as the training labels are when mixup or cutmix mixes them).
     """
-    dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+    if isinstance(split.images, np.memmap):
+        labels = tf.constant(split.labels)
+        dataset = tf.data.Dataset.range(0, len(split.labels), batch_size).map(
+            lambda start: (_read_rows(split.images, tf.range(
+                start, tf.minimum(start + batch_size, len(split.labels)))),
+                labels[start:start + batch_size]))
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+        dataset = dataset.batch(batch_size)
     if one_hot:
         dataset = dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _read_rows(images, rows):
+    """The rows `rows` (a tensor) of a memory-mapped uint8 array `images` (N, H, W, 3), in that
+    order, as a tensor: only these rows are read from the file."""
+    read = tf.numpy_function(lambda indices: images[indices], [rows], tf.uint8, stateful=False)
+    read.set_shape([None, *images.shape[1:]])
+    return read
 
 
 def crop_and_flip(images, offsets, flips, padding=(4, 4)):
@@ -115,6 +132,11 @@ class TrainingData:
     (tf.data keeps their order). The optional extra augmentations (RandAugment per image,
     MixUp and CutMix per share) run after, in order, in Keras layers seeded per epoch.
 
+    A memory-mapped split (`np.memmap`, larger than the memory budget) stays in its file: each
+    share reads its rows from it and is cropped and flipped as uint8 pixels, the same pixels
+    the packed in-memory path gives (both are pure gathers), so a run from disk trains exactly
+    as one from memory.
+
     Yields `(images, labels)`: images `(share, H, W, 3)` uint8 (a quarter of float32's bytes
     through tf.data and to the device: the training step casts them), float32 in [0, 255] when
     an extra augmentation runs; labels `(share,)` int64, or one-hot float32
@@ -124,7 +146,9 @@ class TrainingData:
     def __init__(self, split, batch_size, seed, num_classes, extra_augmentation=(), flip=True):
         check_extra_augmentation(extra_augmentation)
         self.padding, self.flip = crop_padding(*split.images.shape[1:3]), flip
-        self.pixels = tf.constant(pack_pixels(split.images))
+        self.from_disk = isinstance(split.images, np.memmap)
+        self.images = split.images if self.from_disk else None
+        self.pixels = None if self.from_disk else tf.constant(pack_pixels(split.images))
         self.labels = tf.constant(split.labels)
         self.batch_size, self.seed = batch_size, seed
         self.num_classes, self.extra_augmentation = num_classes, tuple(extra_augmentation)
@@ -148,6 +172,10 @@ class TrainingData:
     def device_arrays(self):
         """The packed pixels (as int32, which every device gathers and XLA unpacks) and the
         labels, to be copied to an accelerator once; `share(...)` computes batches there."""
+        if self.from_disk:
+            raise ValueError("The training split is read from its memory-mapped file (larger "
+                             "than the memory budget): it cannot be copied to a device; use "
+                             "--data-placement host.")
         return tf.bitcast(self.pixels, tf.int32), self.labels
 
     def share(self, batch, order, key, part, total_shares, pixels, labels, size):
@@ -179,6 +207,9 @@ class TrainingData:
             tf.random.experimental.stateless_fold_in(key, batch, alg="philox"), count,
             self.padding, self.flip)
         members = members[start:stop]
+        if pixels is None:  # from disk: uint8 pixels, cropped and flipped as they are
+            return (crop_and_flip(_read_rows(self.images, members), offsets[start:stop],
+                                  flips[start:stop], self.padding), tf.gather(labels, members))
         cropped = crop_and_flip(tf.gather(pixels, members), offsets[start:stop],
                                 flips[start:stop], self.padding)
         return unpack_pixels(cropped), tf.gather(labels, members)

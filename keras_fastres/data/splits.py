@@ -21,7 +21,8 @@ class Split:
 class ImageData:
     """A data set in memory: `train` and `test` splits and the class names (label i is
     `class_names[i]`). A folder source also gives the files it skipped (`skipped`) and a
-    fingerprint of the files in each split (`files_digest`)."""
+    fingerprint of the files in each split (`files_digest`) and what loading found (`details`,
+    a `folder.FolderDetails`). Images may be memory-mapped (`from_disk`)."""
 
     name: str
     train: Split
@@ -29,6 +30,12 @@ class ImageData:
     class_names: tuple
     skipped: list = field(default_factory=list)
     files_digest: str | None = None
+    details: object = None
+
+    @property
+    def from_disk(self) -> bool:
+        """Whether the images are memory-mapped from a file (larger than the memory budget)."""
+        return isinstance(self.train.images, np.memmap)
 
     @property
     def num_classes(self) -> int:
@@ -74,17 +81,19 @@ def check_labels(name, data):
                 f"(e.g. {int(outside[0])}): it is not {name}, or it is damaged.")
 
 
-def channel_statistics(images, chunk=4096):
+def channel_statistics(images, values=2 ** 22):
     """Per-channel mean and standard deviation of uint8 images `(N, H, W, C)` on the 0-255
-    scale, in float64, a chunk of images at a time (no float copy of the whole set). A
-    channel that never varies gets std 1 (normalising by 0 would divide by zero)."""
+    scale, in float64, a chunk of about `values` pixel values at a time (32 MB of float64: no
+    float copy of the whole set, which may be memory-mapped). A channel that never varies gets
+    std 1 (normalising by 0 would divide by zero)."""
     channels = images.shape[-1]
+    chunk = max(1, values // max(1, int(np.prod(images.shape[1:]))))
     total, squares, count = np.zeros(channels), np.zeros(channels), 0
     for start in range(0, len(images), chunk):
-        values = images[start:start + chunk].reshape(-1, channels).astype(np.float64)
-        total += values.sum(axis=0)
-        squares += (values * values).sum(axis=0)
-        count += len(values)
+        batch = np.asarray(images[start:start + chunk]).reshape(-1, channels).astype(np.float64)
+        total += batch.sum(axis=0)
+        squares += (batch * batch).sum(axis=0)
+        count += len(batch)
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
     return tuple(mean.tolist()), tuple(np.where(std > 1e-3, std, 1.0).tolist())

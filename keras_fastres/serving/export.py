@@ -11,6 +11,10 @@ classification examples keep them. The ONNX model has serving_default's input an
 probabilities and classes, and the class names as a JSON list in its metadata_props
 ("class_names").
 
+How the training images reached the input size (the model's `resize`: stretch, crop or pad)
+travels too, so that clients resize new images the same way: the SavedModel's
+assets/resize.txt, the ONNX model's metadata_props ("resize").
+
 By default every BatchNorm that directly follows a convolution is folded into it
 (`folding.fold_batch_norms`): type1 keeps only its final BN, preact one per block plus the
 final one, v1 none.
@@ -37,6 +41,7 @@ ONNX_FILE = "model.onnx"  # in <export-dir>/<version>/, the layout Triton's ONNX
 ONNX_OPSET = 17
 FORMATS = ("saved_model", "onnx")
 CLASS_NAMES_FILE = "class_names.txt"  # the SavedModel's asset: one class name per line
+RESIZE_FILE = "resize.txt"  # the SavedModel's asset: the model's resize mode
 
 
 def _probabilities_fn(model):
@@ -213,7 +218,14 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
         def write(folder):
             shutil.rmtree(folder)  # the archive writes the folder itself
             archive.write_out(str(folder), verbose=False)
+            (folder / "assets").mkdir(exist_ok=True)
+            (folder / "assets" / RESIZE_FILE).write_text(f"{model_resize(model)}\n")
         return publish(export_dir, version, write)
+
+
+def model_resize(model):
+    """The model's resize mode: a FastResNet's `resize`, "stretch" for another model."""
+    return getattr(model, "resize", "stretch")
 
 
 def _naming_top_class(serve, table):
@@ -280,6 +292,8 @@ def export_onnx(model: keras.Model, path: str | os.PathLike, fold_batch_norm: bo
     if names:
         entry = proto.metadata_props.add()
         entry.key, entry.value = "class_names", json.dumps(names)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "resize", model_resize(model)
     content = proto.SerializeToString()
     if version is not None:
         return publish(target, version,

@@ -2,7 +2,8 @@
 commands/predict.py).
 
 Any image size: images are resized to the model's input as the training data was
-(`data.folder.decode_image`). Class names are the model's own (the SavedModel's
+(`data.decoding.decode_image`, in the model's resize mode: the SavedModel's
+assets/resize.txt). Class names are the model's own (the SavedModel's
 assets/class_names.txt); a model exported without names answers with class indices.
 """
 
@@ -12,9 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres.console import check_positive_integers
-from keras_fastres.data.folder import decode_image
+from keras_fastres.data.decoding import RESIZE_MODES, decode_image
 from keras_fastres.errors import DamagedFile, summary
-from keras_fastres.serving.export import CLASS_NAMES_FILE, version_number
+from keras_fastres.serving.export import CLASS_NAMES_FILE, RESIZE_FILE, version_number
 
 
 def find_saved_model(export_dir):
@@ -58,14 +59,28 @@ def load_serving_function(path):
     return serve
 
 
-def load_image(path, height, width):
-    """uint8 [height, width, 3] pixels of a PNG, JPEG, GIF or BMP file, resized as the
-    training images of an image folder are; a `DamagedFile` when it cannot be read."""
+def load_image(path, height, width, resize="stretch"):
+    """uint8 [height, width, 3] pixels of an image file (any still format Pillow reads),
+    upright and resized as the training images of an image folder are; a `DamagedFile` when
+    it cannot be read."""
     try:
-        return decode_image(path, height, width)
+        return decode_image(path, height, width, resize=resize)
     except ValueError as error:
-        raise DamagedFile(f"Cannot read {path}: it is not a PNG, JPEG, GIF or BMP image, or it "
-                          f"is damaged ({error}).") from None
+        raise DamagedFile(f"Cannot read {path}: it is not an image Pillow reads, or it is "
+                          f"damaged ({error}).") from None
+
+
+def resize_mode(saved_model):
+    """The resize mode exported with the SavedModel at `saved_model` ("stretch" for an export
+    older than the file); a `DamagedFile` naming the file when it holds another word."""
+    resize_file = Path(saved_model) / "assets" / RESIZE_FILE
+    if not resize_file.is_file():
+        return "stretch"
+    word = resize_file.read_text(encoding="utf-8", errors="replace").strip()
+    if word not in RESIZE_MODES:
+        raise DamagedFile(f"{resize_file} says {word[:40]!r}, not one of {RESIZE_MODES}; "
+                          f"export the model again.")
+    return word
 
 
 def class_names(saved_model, num_classes):
@@ -104,7 +119,9 @@ def predict(export_dir, image_paths, top=3):
     saved_model = find_saved_model(export_dir)
     serve = load_serving_function(saved_model)
     height, width = serve.structured_input_signature[1]["images"].shape[1:3]
-    images = tf.constant(np.stack([load_image(path, height, width) for path in image_paths]))
+    resize = resize_mode(saved_model)
+    images = tf.constant(np.stack([load_image(path, height, width, resize)
+                                   for path in image_paths]))
     probabilities = serve(images=images)["probabilities"].numpy()
     names = class_names(saved_model, probabilities.shape[-1])
     results = []

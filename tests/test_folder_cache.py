@@ -1,0 +1,306 @@
+"""Photo folders as photographers have them: EXIF orientation, WebP and TIFF, linked folders,
+any aspect (the resize modes); decoded once into the cache, by worker processes, and trained
+from the memory-mapped cache when the set outgrows --max-memory, with the same weights."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_fastres.commands.train import command as train_command
+from keras_fastres.data import decoding, load_image_folder
+from keras_fastres.errors import FastResWarning
+
+from conftest import WeightRecorder
+
+
+def blocks(height, width, seed=0):
+    """A smooth RGB image of 4x4 flat blocks (JPEG keeps flat blocks within a few levels)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(30, 225, (4, 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.NEAREST))
+
+
+def photo_folder(root, classes=("cat", "dog"), per_class=12, size=(24, 20), suffix="png"):
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(blocks(*size, seed=100 * label + i)).save(root / name / f"{i}.{suffix}")
+    return root
+
+
+def test_a_phone_photo_stored_sideways_loads_upright_in_training_and_predict(tmp_path):
+    from keras_fastres.serving.predict import load_image
+
+    upright = blocks(32, 48)  # wider than high, as it is shown
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # as the phone wrote
+    exif = Image.Exif()
+    exif[decoding.ORIENTATION] = 6  # "rotate 90 degrees clockwise to show"
+    folder = photo_folder(tmp_path / "photos", size=(32, 48))
+    stored.save(folder / "cat" / "phone.jpg", quality=95, subsampling=0, exif=exif)
+    assert Image.open(folder / "cat" / "phone.jpg").size == (32, 48)  # stored 32 wide, 48 high
+    decoded = decoding.decode_image(folder / "cat" / "phone.jpg", 32, 48)
+    # Within JPEG noise (quality 95, no chroma subsampling: about 1 level) of the upright
+    # image, and far from it upside down (blocks of random colours differ by ~60 levels).
+    assert np.abs(decoded.astype(int) - upright).mean() < 2
+    assert np.abs(decoded.astype(int) - upright[::-1, ::-1]).mean() > 20
+    np.testing.assert_array_equal(load_image(folder / "cat" / "phone.jpg", 32, 48), decoded)
+    loaded = load_image_folder(folder, (32, 48), validation_fraction=0.2, seed=0)
+    every = np.concatenate([loaded.train.images, loaded.test.images])
+    assert any(np.array_equal(image, decoded) for image in every)
+    # Downscaled (a JPEG decoded at a smaller scale, asked for its stored, sideways size):
+    # as the same photo stored upright.
+    Image.fromarray(upright).save(tmp_path / "upright.jpg", quality=95, subsampling=0)
+    small = decoding.decode_image(folder / "cat" / "phone.jpg", 8, 12).astype(int)
+    reference = decoding.decode_image(tmp_path / "upright.jpg", 8, 12).astype(int)
+    assert np.abs(small - reference).mean() < 2
+    assert np.abs(small - reference[::-1, ::-1]).mean() > 20
+
+
+def test_webp_tiff_and_other_formats_load_and_other_files_are_named(tmp_path):
+    folder = photo_folder(tmp_path / "photos", per_class=3)
+    pixels = blocks(24, 20, seed=7)
+    Image.fromarray(pixels).save(folder / "cat" / "lossless.webp", lossless=True)
+    Image.fromarray(pixels).save(folder / "cat" / "scan.tif")
+    Image.fromarray(pixels).save(folder / "dog" / "old.ppm")
+    (folder / "dog" / "labels.csv").write_text("not an image")
+    (folder / "dog" / ".DS_Store").write_bytes(b"hidden: not named")
+    for name in ("lossless.webp", "scan.tif"):
+        np.testing.assert_array_equal(decoding.decode_image(folder / "cat" / name, 24, 20),
+                                      pixels)
+    with pytest.warns(FastResWarning, match=r"ignored 1 files that are not images .*labels\.csv"):
+        loaded = load_image_folder(folder, (24, 20), validation_fraction=0.3)
+    assert len(loaded.train.labels) + len(loaded.test.labels) == 9
+    assert loaded.details.ignored == [str(folder / "dog" / "labels.csv")]
+    webp_only = tmp_path / "webp"
+    for name in ("a", "b"):
+        (webp_only / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(blocks(8, 8, i)).save(webp_only / name / f"{i}.webp")
+    assert len(load_image_folder(webp_only, 8, validation_fraction=0.5).train.labels) == 2
+
+
+def test_linked_folders_are_followed_once_and_a_link_loop_ends(tmp_path):
+    folder = photo_folder(tmp_path / "photos", per_class=4)
+    extra = photo_folder(tmp_path / "elsewhere", classes=("more",), per_class=3)
+    (folder / "cat" / "linked").symlink_to(extra / "more", target_is_directory=True)
+    (folder / "dog" / "loop").symlink_to(folder / "dog", target_is_directory=True)
+    (folder / "dog" / "again").symlink_to(folder / "cat" / "linked", target_is_directory=True)
+    loaded = load_image_folder(folder, 8, validation_fraction=0.25)
+    counts = np.bincount(np.concatenate([loaded.train.labels, loaded.test.labels]))
+    assert counts.tolist() == [7, 4]  # cat: 4 + 3 linked; dog: 4 (its loop and the second link
+    #                                   to the linked folder read nothing twice)
+
+
+def test_crop_and_pad_on_a_known_wide_image(tmp_path):
+    wide = np.zeros((16, 64, 3), np.uint8)
+    wide[:, :24, 0], wide[:, 24:40, 1], wide[:, 40:, 2] = 200, 200, 200  # red | green | blue
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    cropped = decoding.decode_image(tmp_path / "wide.png", 16, 16, resize="crop")
+    np.testing.assert_array_equal(cropped, wide[:, 24:40])  # the centred square, untouched
+    padded = decoding.decode_image(tmp_path / "wide.png", 16, 16, resize="pad")
+    # Scaled by 1/4 to 16x4, centred: rows 6-9 hold the image, the rest is zeros.
+    assert not padded[:6].any() and not padded[10:].any()
+    np.testing.assert_array_equal(padded[6:10], np.asarray(
+        Image.fromarray(wide).resize((16, 4), Image.Resampling.BILINEAR)))
+    stretched = decoding.decode_image(tmp_path / "wide.png", 16, 16)
+    np.testing.assert_array_equal(stretched, np.asarray(
+        Image.fromarray(wide).resize((16, 16), Image.Resampling.BILINEAR)))
+    # A tall image cropped to a wide target: the centred rows.
+    Image.fromarray(wide.transpose(1, 0, 2)).save(tmp_path / "tall.png")
+    np.testing.assert_array_equal(decoding.decode_image(tmp_path / "tall.png", 8, 16,
+                                                        resize="crop"),
+                                  wide.transpose(1, 0, 2)[28:36])
+    assert decoding.odd_shape(64, 16, 16, 16) == (True, False)
+    assert decoding.odd_shape(6, 6, 16, 16) == (False, True)
+
+
+def test_the_model_keeps_its_resize_mode_and_predict_resizes_as_trained(tmp_path):
+    import keras_fastres
+    from keras_fastres.models import RESIZE_MODES
+    from keras_fastres.serving.export import export_saved_model
+    from keras_fastres.serving.predict import predict, resize_mode
+
+    assert RESIZE_MODES == decoding.RESIZE_MODES
+    model = keras_fastres.FastResNet(8, "type1", num_classes=3, input_shape=(16, 16, 3),
+                                     normalization=None, resize="crop",
+                                     class_names=["red", "green", "blue"])
+    assert keras_fastres.FastResNet.from_config(model.get_config()).resize == "crop"
+    with pytest.raises(ValueError, match=r"resize must be one of \('stretch', 'crop', 'pad'\)"):
+        keras_fastres.FastResNet(8, resize="squash")
+    export_saved_model(model, tmp_path / "export", version=1)
+    assert resize_mode(tmp_path / "export" / "1") == "crop"
+    wide = np.zeros((16, 64, 3), np.uint8)
+    wide[:, 24:40] = np.random.default_rng(0).integers(0, 255, (16, 16, 3))
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    [(_, ranked)] = predict(tmp_path / "export", [tmp_path / "wide.png"], top=3)
+    expected = model.predict(wide[None, :, 24:40].astype("float32"), verbose=0)[0]
+    assert [name for name, _ in ranked] == [["red", "green", "blue"][i]
+                                            for i in np.argsort(expected)[::-1]]
+    assert ranked[0][1] == pytest.approx(expected.max(), abs=1e-5)
+
+
+def test_the_cache_is_read_until_a_file_or_setting_changes(tmp_path, monkeypatch):
+    folder = photo_folder(tmp_path / "photos")
+    cache = tmp_path / "cache"
+    first = load_image_folder(folder, 8, cache_dir=cache)
+    assert first.details.cache == "miss"
+    entries = list((cache / "folders").iterdir())
+    assert len(entries) == 1 and (entries[0] / "manifest.json").is_file()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+    with monkeypatch.context() as patch:
+        patch.setattr(decoding, "decode_files", no_decoding)
+        again = load_image_folder(folder, 8, cache_dir=cache)
+    assert again.details.cache == "hit"
+    for a, b in ((first.train, again.train), (first.test, again.test)):
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    assert again.files_digest == first.files_digest
+
+    changes = [lambda: os.utime(folder / "cat" / "0.png", ns=(1, 1)),  # touched
+               lambda: Image.fromarray(blocks(24, 20, 99)).save(folder / "dog" / "new.png"),
+               lambda: (folder / "cat" / "1.png").unlink()]
+    for change in changes:
+        change()
+        assert load_image_folder(folder, 8, cache_dir=cache).details.cache == "miss"
+    for other in ({"image_size": 12}, {"resize": "crop"}, {"validation_fraction": 0.5}):
+        loaded = load_image_folder(folder, **{"image_size": 8, **other}, cache_dir=cache)
+        assert loaded.details.cache == "miss"
+    assert len(list((cache / "folders").iterdir())) == 7  # no partial entry left either
+
+    # A damaged entry (a truncated file) is decoded again, not read.
+    entry = Path(load_image_folder(folder, 8, cache_dir=cache).details.cache_entry)
+    with open(entry / "images.npy", "r+b") as images:
+        images.truncate(200)
+    again = load_image_folder(folder, 8, cache_dir=cache)
+    assert again.details.cache == "miss" and len(again.train.labels) == len(first.train.labels)
+
+
+def test_a_cache_without_room_is_refused_before_decoding(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from keras_fastres.data import DataUnavailableError
+    folder = photo_folder(tmp_path / "photos")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 6, 10 ** 6 - 100, 100))
+    with pytest.raises(DataUnavailableError, match=r"The decoded images take 4.5 KiB and the "
+                                                   r"cache .* has 100 bytes free; pass a "
+                                                   r"--cache-dir with room"):
+        load_image_folder(folder, 8, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache" / "folders").iterdir()) == []
+
+
+def test_an_interrupted_decoding_leaves_no_entry_and_stops_its_workers(tmp_path, monkeypatch):
+    folder = photo_folder(tmp_path / "photos", per_class=2 * decoding.CHUNK)
+    cache = tmp_path / "cache"
+
+    def interrupted(done, total):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        load_image_folder(folder, 8, cache_dir=cache, workers=2, progress=interrupted)
+    assert list((cache / "folders").iterdir()) == []  # nothing published, nothing partial
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _is_worker(pid)]
+    # In this process: the first failure stops the decoding at once.
+    calls = []
+
+    def failing(path, *args):
+        calls.append(path)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(decoding, "_decode", failing)
+    with pytest.raises(KeyboardInterrupt):
+        load_image_folder(folder, 8, cache_dir=cache, workers=0)
+    assert len(calls) == 1 and list((cache / "folders").iterdir()) == []
+
+
+def _is_worker(pid):
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    parent = int(next(line.split()[1] for line in status.splitlines()
+                      if line.startswith("PPid:")))
+    return parent == os.getpid() and b"decoding.py" in command
+
+
+def test_worker_processes_decode_what_this_process_decodes(tmp_path):
+    folder = photo_folder(tmp_path / "photos", per_class=150, size=(40, 30), suffix="jpg")
+    (folder / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a whole JPEG")
+    seen = []
+    with pytest.warns(FastResWarning, match="broken.jpg"):
+        inside = load_image_folder(folder, 16, cache_dir=tmp_path / "one", workers=0)
+    with pytest.warns(FastResWarning, match="broken.jpg"):
+        workers = load_image_folder(folder, 16, cache_dir=tmp_path / "two", workers=2,
+                                    progress=lambda done, total: seen.append((done, total)))
+    for a, b in ((inside.train, workers.train), (inside.test, workers.test)):
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    assert inside.details.skipped == workers.details.skipped
+    assert seen[-1] == (301, 301) and [done for done, _ in seen] == sorted(
+        done for done, _ in seen)
+
+
+def test_the_load_summary_and_a_class_with_few_images(tmp_path, capsys):
+    folder = photo_folder(tmp_path / "photos", classes=("many", "few"), per_class=12)
+    for i in range(5, 12):
+        (folder / "few" / f"{i}.png").unlink()
+    Image.fromarray(blocks(8, 80)).save(folder / "many" / "panorama.png")
+    run = tmp_path / "run"
+    args = ["--data", str(folder), "--image-size", "8", "--depth", "8", "--epochs", "1",
+            "--batch-size", "8", "--seed", "0", "--resize", "pad", "--output-dir", str(run)]
+    assert train_command(args) == 0
+    out = capsys.readouterr()
+    assert "warning: 1 classes have fewer than 10 training images: few (4)" in out.err
+    assert f"Data: folder:{folder} (cache miss: " in out.out
+    assert "2 classes, train/test images: few 4/1, many 12/1" in out.out
+    assert "16 training and 2 test images of 8x8, resize pad" in out.out
+    assert "1 images 2x or more off the size's aspect" in out.out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data"]["classes"] == {"few": [4, 1], "many": [12, 1]}
+    assert metrics["data"]["cache"] == "miss" and metrics["data"]["resize"] == "pad"
+    assert len(metrics["data"]["normalization"]["mean"]) == 3
+    assert metrics["resize"] == "pad"
+    assert not {"synthetic_size", "train_split", "test_split", "source"} & set(metrics)
+
+
+def test_cache_only_fills_the_cache_that_training_then_reads(tmp_path, capsys):
+    folder = photo_folder(tmp_path / "photos")
+    cache = tmp_path / "cache"
+    common = ["--data", str(folder), "--image-size", "8", "--cache-dir", str(cache)]
+    assert train_command([*common, "--cache-only"]) == 0
+    out = capsys.readouterr().out
+    assert "22 training and 2 test images now in the cache: " in out
+    assert not Path("runs").joinpath("photos-resnet110-type1").exists()
+    assert train_command([*common, "--cache-only"]) == 0
+    assert "were already in the cache" in capsys.readouterr().out
+    assert train_command(["--cache-only", "--output-dir", str(tmp_path / "x")]) == 2
+    assert "cache_only is for --data DIR" in capsys.readouterr().err
+
+
+def test_runs_from_the_cache_and_from_disk_train_as_the_first_run(tmp_path, monkeypatch, capsys):
+    """The first run decodes; the second reads the cache; the third, with a memory budget
+    smaller than the set, trains from the memory-mapped cache: the same weights, bit for bit."""
+    folder = photo_folder(tmp_path / "photos", per_class=20, size=(20, 20))
+    recorded = WeightRecorder(monkeypatch)
+    args = ["--data", str(folder), "--image-size", "16", "--depth", "8", "--epochs", "2",
+            "--batch-size", "8", "--seed", "3"]
+    for name, extra in (("first", []), ("cached", []), ("disk", ["--max-memory", "1e-5"])):
+        assert train_command([*args, *extra, "--output-dir", str(tmp_path / name)]) == 0
+        out = capsys.readouterr().out
+        assert ("cache miss" if name == "first" else "cache hit") in out
+        assert ("read from disk a batch at a time" in out) == (name == "disk")
+    first, *others = recorded.final
+    for other in others:
+        for a, b in zip(first, other, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert max(np.abs(a - b).max() for a, b in zip(first, recorded.initial[0])) > 1e-3
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text())
+               for name in ("first", "disk")]
+    assert metrics[0]["test_error"] == metrics[1]["test_error"]
+    assert metrics[1]["data"]["from_disk"] and not metrics[0]["data"]["from_disk"]
