@@ -42,6 +42,7 @@ from keras_fastres.config import (
     experiment_fields,
     option_word,
     scaled_learning_rate,
+    value_of_word,
 )
 from keras_fastres.errors import FastResWarning, stop_on_sigterm, summary
 from keras_fastres.finetune import initialize_from
@@ -209,6 +210,28 @@ def fill_cache(config, progress=None):
             "train_images": len(images.train.labels), "test_images": len(images.test.labels)}
 
 
+def run_data(run_dir, progress=None):
+    """The data set a finished run trained and tested on, loaded as the run loaded it (a
+    folder from the decode-once cache), from the settings in its metrics.json; a ValueError
+    when `run_dir` holds no finished run."""
+    metrics_file = Path(run_dir) / "metrics.json"
+    if not metrics_file.is_file():
+        raise ValueError(f"{run_dir} holds no finished run (no metrics.json): give the run "
+                         f"directory a training wrote, whose data quantization calibrates on.")
+    metrics = json.loads(metrics_file.read_text())
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    settings = {name: value_of_word(fields[name], metrics[name]) for name in DATA_SETTINGS
+                if name in metrics}
+    config = dataclasses.replace(TrainConfig(), **settings)
+    return data.load(
+        TrainConfig.dataset if config.data else metrics["dataset"], folder=config.data,
+        source=config.source, data_dir=config.data_dir, image_size=config.image_size,
+        validation_fraction=config.validation_fraction, train_split=config.train_split,
+        test_split=config.test_split, synthetic_size=config.synthetic_size,
+        seed=metrics["seed"], progress=progress, resize=config.resize,
+        cache_dir=config.cache_dir)
+
+
 def data_summary(images, normalization):
     """What a run trains on, for its log and metrics.json: source, classes with their train
     and test counts, image size, normalisation, and for a folder the cache, the resize mode,
@@ -352,7 +375,7 @@ def _finish(config, run_dir, chief, seed, model, trainer, test_data, images, tim
            for field in dataclasses.fields(config) if field.name in applicable_settings(config)},
         "dataset": config.data_name(),  # with --data, the folder's name
         "seed": seed,
-        "data": about_data,
+        "data_summary": about_data,
         "versions": versions(),
         "device": describe_device(),
     }
@@ -362,6 +385,8 @@ def _finish(config, run_dir, chief, seed, model, trainer, test_data, images, tim
 
 
 FOLDER_SETTINGS = ("resize", "cache_dir", "cache_only", "max_memory")
+DATA_SETTINGS = ("data", "image_size", "validation_fraction", "train_split", "test_split",
+                 "source", "synthetic_size", "data_dir", "resize", "cache_dir")
 SOURCE_SETTINGS = ("source", "synthetic_size", "data_dir")
 
 

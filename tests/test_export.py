@@ -152,6 +152,16 @@ def test_wrong_inputs_are_refused_not_converted(tmp_path):
         with pytest.raises(tf.errors.InvalidArgumentError,
                            match="images must be finite pixel values"):
             floats(images=tf.constant(pixels))
+    for bad, word in ((1000.0, "above 255"), (-1.0, "below 0"), (255.5, "above 255")):
+        pixels = images.astype(np.float32)
+        pixels[0, 5, 6, 2] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=rf"images must be pixel values in \[0, 255\] .*got a value "
+                                 rf"{word}"):
+            floats(images=tf.constant(pixels))
+    edges = images.astype(np.float32)
+    edges[0, 0, 0], edges[1, 0, 0] = 0.0, 255.0
+    assert floats(images=tf.constant(edges))["probabilities"].shape == (2, 10)
 
 
 def test_versions_follow_tf_serving_and_are_never_overwritten(tmp_path):
@@ -216,39 +226,60 @@ def test_exports_at_once_claim_one_version_each(tmp_path, monkeypatch):
 
 def test_an_onnx_export_never_writes_into_a_published_version(tmp_path):
     model = FastResNet(8)
-    export_saved_model(model, tmp_path / "serving", version=1)
-    before = sorted(p.name for p in (tmp_path / "serving" / "1").iterdir())
+    export_onnx(model, tmp_path / "triton", version=1)
+    before = (tmp_path / "triton" / "1" / "model.onnx").read_bytes()
     with pytest.raises(FileExistsError, match="never overwrites"):
-        export_onnx(model, tmp_path / "serving", version=1)
-    assert sorted(p.name for p in (tmp_path / "serving" / "1").iterdir()) == before
-    assert export_onnx(model, tmp_path / "serving", version="auto") == (
-        tmp_path / "serving" / "2" / "model.onnx")
+        export_onnx(model, tmp_path / "triton", version=1)
+    assert (tmp_path / "triton" / "1" / "model.onnx").read_bytes() == before
+    assert export_onnx(model, tmp_path / "triton", version="auto") == (
+        tmp_path / "triton" / "2" / "model.onnx")
 
 
-def test_predict_says_what_a_folder_holds_instead_of_a_usable_savedmodel(tmp_path, capsys):
+def test_a_base_folder_holds_one_format(tmp_path, capsys):
+    """TF Serving loads the highest version of its base: an ONNX version 2 beside a
+    SavedModel version 1 would break it. Each format is refused in another's base."""
+    from keras_fastres.commands import export
+    model = FastResNet(8)
+    model.save(tmp_path / "model.keras")
+    export_saved_model(model, tmp_path / "serving")
+    for args in (["--format", "onnx"], ["--format", "litert"]):
+        assert export.main(["--model", str(tmp_path / "model.keras"), "--export-dir",
+                            str(tmp_path / "serving"), *args]) == 2
+        error = capsys.readouterr().err
+        assert (f"{tmp_path / 'serving'} holds saved_model versions (1/saved_model.pb)" in error
+                and f"e.g. {tmp_path / 'serving'}-{args[1]}" in error), error
+    assert [p.name for p in (tmp_path / "serving").iterdir()] == ["1"]
+    assert (tmp_path / "serving" / "1" / "saved_model.pb").is_file()
+    export_onnx(model, tmp_path / "serving-onnx", version="auto")
+    with pytest.raises(ValueError, match="holds onnx versions"):
+        export_saved_model(model, tmp_path / "serving-onnx")
+
+
+def test_predict_says_what_a_folder_holds_instead_of_a_usable_model(tmp_path, capsys):
     import keras
     from PIL import Image
 
     from keras_fastres.commands import predict
     Image.fromarray(uint8_images(1)[0]).save(tmp_path / "cat.png")
     model = FastResNet(8)
-    export_onnx(model, tmp_path / "onnx", version="auto")
-    run = tmp_path / "run"
-    run.mkdir()
-    model.save(run / "model.keras")
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "notes.txt").write_text("no model")
     empty = tmp_path / "empty" / "1"
     empty.mkdir(parents=True)
     (empty / "saved_model.pb").write_bytes(b"")
     truncated = export_saved_model(model, tmp_path / "truncated")
     for part in (truncated / "variables").glob("variables.data*"):
         part.write_bytes(part.read_bytes()[:100])
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "model.onnx").write_bytes(b"\x08\x07 not a protobuf")
     keras_export = tmp_path / "keras_export"
     model.export(str(keras_export), verbose=False)
     for folder, code, message in (  # 2: not what the command reads; 1: damaged
-            (tmp_path / "onnx", 2, "It holds an ONNX model, which onnxruntime serves"),
-            (run, 2, f"It is a training run: pass {run / 'export'}"),
+            (tmp_path / "nothing", 2, "No model in"),
+            (tmp_path / "notes.txt", 2, "is not a model this command reads"),
             (tmp_path / "empty", 1, f"{empty} is not a complete SavedModel"),
             (tmp_path / "truncated", 1, f"{truncated} is not a complete SavedModel"),
+            (tmp_path / "onnx", 1, f"{tmp_path / 'onnx' / 'model.onnx'} is not a complete ONNX"),
             (keras_export, 2, "takes images float32, not the uint8 images of a fastres-export")):
         assert predict.main([str(folder), str(tmp_path / "cat.png")]) == code
         error = capsys.readouterr().err
@@ -369,7 +400,7 @@ def test_bad_inputs_to_the_export_and_predict_commands_are_one_line_each(tmp_pat
     one_line(predict, [str(export_dir), str(tmp_path)], 2, f"{tmp_path} is a folder")
     one_line(predict, [str(export_dir), str(tmp_path / "cat.png")], 2, "no such image file")
     one_line(predict, [str(tmp_path / "nothing"), str(tmp_path / "broken.png")], 2,
-             f"No SavedModel in {tmp_path / 'nothing'}")
+             f"{tmp_path / 'nothing'}: no such model file or folder")
     one_line(predict, [str(export_dir), str(tmp_path / "broken.png"), "--top", "0"], 2,
              "--top: must be an integer >= 1, got '0'", by_argparse=True)
     target = ["--export-dir", str(tmp_path / "out")]
@@ -543,9 +574,9 @@ def test_export_cli_writes_onnx_quietly_and_unfolded_saved_models(tmp_path, caps
     assert exported.stderr == ""
     assert exported.stdout == f"Wrote {tmp_path / 'serving' / '1' / 'model.onnx'}\n"
     assert export.main(["--model", str(tmp_path / "model.keras"), "--export-dir",
-                        str(tmp_path / "serving"), "--no-fold"]) == 0
-    assert capsys.readouterr().out == f"Wrote {tmp_path / 'serving' / '2'}\n"
-    assert saved_model_ops(tmp_path / "serving" / "2").count("FusedBatchNormV3") == (
+                        str(tmp_path / "saved"), "--no-fold"]) == 0
+    assert capsys.readouterr().out == f"Wrote {tmp_path / 'saved' / '1'}\n"
+    assert saved_model_ops(tmp_path / "saved" / "1").count("FusedBatchNormV3") == (
         BNS_UNFOLDED["preact"])
 
 

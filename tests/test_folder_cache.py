@@ -262,9 +262,9 @@ def test_the_load_summary_and_a_class_with_few_images(tmp_path, capsys):
     assert "16 training and 2 test images of 8x8, resize pad" in out.out
     assert "1 images 2x or more off the size's aspect" in out.out
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["data"]["classes"] == {"few": [4, 1], "many": [12, 1]}
-    assert metrics["data"]["cache"] == "miss" and metrics["data"]["resize"] == "pad"
-    assert len(metrics["data"]["normalization"]["mean"]) == 3
+    assert metrics["data_summary"]["classes"] == {"few": [4, 1], "many": [12, 1]}
+    assert metrics["data_summary"]["cache"] == "miss" and metrics["data_summary"]["resize"] == "pad"
+    assert len(metrics["data_summary"]["normalization"]["mean"]) == 3
     assert metrics["resize"] == "pad"
     assert not {"synthetic_size", "train_split", "test_split", "source"} & set(metrics)
 
@@ -303,4 +303,4 @@ def test_runs_from_the_cache_and_from_disk_train_as_the_first_run(tmp_path, monk
     metrics = [json.loads((tmp_path / name / "metrics.json").read_text())
                for name in ("first", "disk")]
     assert metrics[0]["test_error"] == metrics[1]["test_error"]
-    assert metrics[1]["data"]["from_disk"] and not metrics[0]["data"]["from_disk"]
+    assert metrics[1]["data_summary"]["from_disk"] and not metrics[0]["data_summary"]["from_disk"]

@@ -16,11 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_throughput_and_latency_are_what_the_timed_calls_took(monkeypatch):
     """The real exports run, but each call takes what a fake clock says: per image 1 ms
-    (SavedModel folded), 2 ms (unfolded) or 4 ms (ONNX) in a batch; the n-th single-image
-    call of a runtime (the warm-up first) n times that."""
+    (SavedModel folded), 2 ms (unfolded), 4 ms (ONNX), 2.5 ms (ONNX int8), 3 ms (LiteRT) or
+    0.5 ms (LiteRT int8) in a batch; the n-th single-image call of a runtime (the warm-up
+    first) n times that."""
     clock = FakeClock()
     per_image_ms = {("saved_model", True): 1.0, ("saved_model", False): 2.0,
-                    ("onnxruntime", True): 4.0}
+                    ("onnxruntime", True): 4.0, ("onnxruntime int8", True): 2.5,
+                    ("litert", True): 3.0, ("litert int8", True): 0.5}
     real_runners = inference._runners
 
     def timed_runners(depth, variant, directory):
@@ -50,9 +52,10 @@ def test_throughput_and_latency_are_what_the_timed_calls_took(monkeypatch):
         assert result["latency_ms_p50"] == pytest.approx(4.5 * ms)
         assert result["latency_ms_p99"] == pytest.approx(6.95 * ms)
         assert result["ratio_to_unfolded"] == pytest.approx(2.0 / ms)
+        assert result["ratio_to_onnx_float"] == pytest.approx(4.0 / ms)
     for text in (format(report, inference.COLUMNS, inference.summary(report))
                  for format in (format_table, format_markdown)):
-        assert "onnxruntime" in text and "batch-1 p99 ms" in text
+        assert "onnxruntime int8" in text and "litert int8" in text and "batch-1 p99 ms" in text
 
 
 def test_bad_inference_arguments():
@@ -69,7 +72,9 @@ def test_benchmark_recipe_inference_writes_json(tmp_path, capsys, monkeypatch):
                       monkeypatch) == 0
     result = capsys.readouterr()
     report = json.loads(out.read_text())
-    assert {(r["runtime"], r["folded"]) for r in report["results"]} == {
-        ("saved_model", True), ("saved_model", False), ("onnxruntime", True)}
+    assert {(r["runtime"], r["folded"]) for r in report["results"]} == set(inference.RUNTIMES)
+    assert set(inference.RUNTIMES) == {
+        ("saved_model", True), ("saved_model", False), ("onnxruntime", True),
+        ("onnxruntime int8", True), ("litert", True), ("litert int8", True)}
     assert all(r["variant"] == "preact" and r["depth"] == 8 for r in report["results"])
     assert "vs unfolded" in result.out

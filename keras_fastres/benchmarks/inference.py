@@ -1,8 +1,9 @@
 """Serving speed: exported models timed side by side in one process.
 
-For each depth and variant, one model is exported three ways: a SavedModel with every BN that
-follows a convolution folded into it (the default export), the same unfolded, and the folded
-ONNX model. Then, round by round and every runtime once per round, batches of `batch_size`
+For each depth and variant, one model is exported six ways: a SavedModel with every BN that
+follows a convolution folded into it (the default export), the same unfolded, the folded ONNX
+model, float and quantized to int8 (calibrated on 64 random images), and the LiteRT model,
+float and full integer. Then, round by round and every runtime once per round, batches of `batch_size`
 images are timed (throughput: the median over rounds) and single images are timed one call at
 a time (latency: p50 and p99 over all calls), so that a noisy machine slows all of them alike.
 The weights are random: speed does not depend on their values.
@@ -22,7 +23,8 @@ from keras_fastres.console import check_positive_integers
 from keras_fastres.machine import describe_device
 from keras_fastres.serving.export import export_onnx, export_saved_model
 
-RUNTIMES = (("saved_model", True), ("saved_model", False), ("onnxruntime", True))
+RUNTIMES = (("saved_model", True), ("saved_model", False), ("onnxruntime", True),
+            ("onnxruntime int8", True), ("litert", True), ("litert int8", True))
 
 
 def _runners(depth, variant, directory):
@@ -30,8 +32,12 @@ def _runners(depth, variant, directory):
     import onnxruntime
 
     model = models.FastResNet(depth, variant)
+    calibration = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     runners = {}
     for runtime, folded in RUNTIMES:
+        if runtime != "saved_model" and runtime != "onnxruntime":
+            runners[runtime, folded] = _compact_runner(model, runtime, calibration)
+            continue
         target = directory / f"{depth}-{variant}-{runtime}-{'folded' if folded else 'unfolded'}"
         if runtime == "saved_model":
             path = export_saved_model(model, target, version=None, fold_batch_norm=folded)
@@ -41,11 +47,41 @@ def _runners(depth, variant, directory):
                 .numpy())
         else:
             path = export_onnx(model, target.with_suffix(".onnx"), fold_batch_norm=folded)
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(str(path), _quiet_threads(),
+                                                   providers=["CPUExecutionProvider"])
             runners[runtime, folded] = (
                 lambda images, session=session: session.run(["probabilities"],
                                                             {"images": images})[0])
     return runners
+
+
+def _quiet_threads():
+    """onnxruntime's session options with its worker threads' spinning off: by default they
+    spin after each call, and, timed in turn, every other runtime of the round would share
+    the cores with them (measured: int8 ONNX right after float ONNX at 1.2x its speed instead
+    of 1.5x)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _compact_runner(model, runtime, calibration):
+    """uint8 images -> probabilities for "onnxruntime int8", "litert" or "litert int8"; LiteRT
+    with one interpreter for batches and one for single images (resizing an interpreter's
+    input between the two would be timed too)."""
+    import onnxruntime
+
+    from keras_fastres.serving.compact import litert_bytes, litert_runner, quantize_onnx
+    from keras_fastres.serving.export import onnx_bytes
+    if runtime == "onnxruntime int8":
+        session = onnxruntime.InferenceSession(quantize_onnx(onnx_bytes(model), calibration),
+                                               _quiet_threads(), providers=["CPUExecutionProvider"])
+        return lambda images: session.run(["probabilities"], {"images": images})[0]
+    content = litert_bytes(model, "int8" if runtime.endswith("int8") else None, calibration)
+    batch, single = litert_runner(content), litert_runner(content)
+    return lambda images: (single if len(images) == 1 else batch)(images=images)["probabilities"]
 
 
 def run_inference_benchmark(depths=(110,), variants=("preact", "type1"), batch_size=128,
@@ -68,7 +104,7 @@ def run_inference_benchmark(depths=(110,), variants=("preact", "type1"), batch_s
         for depth in depths:
             for variant in variants:
                 progress(f"exporting ResNet-{depth} {variant}: SavedModel folded and unfolded, "
-                         f"ONNX")
+                         f"ONNX and LiteRT, float and int8")
                 for (runtime, folded), run in _runners(depth, variant, Path(directory)).items():
                     run(images)  # warm up
                     run(images[:1])
@@ -98,11 +134,14 @@ def run_inference_benchmark(depths=(110,), variants=("preact", "type1"), batch_s
             "latency_ms_p50": float(np.percentile(calls, 50)),
             "latency_ms_p99": float(np.percentile(calls, 99)),
         })
+    speed = {(r["depth"], r["variant"], r["runtime"], r["folded"]): r["images_per_second"]
+             for r in results}
     for result in results:
-        unfolded = next(r for r in results if r["depth"] == result["depth"]
-                        and r["variant"] == result["variant"]
-                        and (r["runtime"], r["folded"]) == ("saved_model", False))
-        result["ratio_to_unfolded"] = result["images_per_second"] / unfolded["images_per_second"]
+        model = result["depth"], result["variant"]
+        result["ratio_to_unfolded"] = (result["images_per_second"]
+                                       / speed[(*model, "saved_model", False)])
+        result["ratio_to_onnx_float"] = (result["images_per_second"]
+                                         / speed[(*model, "onnxruntime", True)])
     return {"kind": "inference", "device": describe_device(), "tensorflow": tf.__version__,
             "onnxruntime": onnxruntime.__version__, "batch_size": batch_size, "rounds": rounds,
             "latency_calls": latency_calls, "results": results}
@@ -111,7 +150,7 @@ def run_inference_benchmark(depths=(110,), variants=("preact", "type1"), batch_s
 COLUMNS = (
     ("depth", "depth", "{}"), ("variant", "variant", "{}"), ("runtime", "runtime", "{}"),
     ("BN folded", "folded", "{}"), ("images/s", "images_per_second", "{:.0f}"),
-    ("vs unfolded", "ratio_to_unfolded", "{:.3f}"),
+    ("vs unfolded", "ratio_to_unfolded", "{:.3f}"), ("vs ONNX", "ratio_to_onnx_float", "{:.2f}"),
     ("batch-1 p50 ms", "latency_ms_p50", "{:.2f}"),
     ("batch-1 p99 ms", "latency_ms_p99", "{:.2f}"))
 

@@ -1,11 +1,12 @@
-"""fastres-predict: the top classes of image files by an exported SavedModel, without a
-server (serving/predict.py)."""
+"""fastres-predict: the top classes of image files by any model the package writes (a
+SavedModel, ONNX, LiteRT, a run or a .keras file), without a server (serving/predict.py)."""
 
 import argparse
 import sys
 
 from keras_fastres.commands.output import run_command
 from keras_fastres.console import HelpFormatter, positive_integer, program
+from keras_fastres.errors import DamagedFile
 from keras_fastres.serving.predict import predict
 
 
@@ -13,15 +14,30 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog=program("keras_fastres.commands.predict"),
                                      formatter_class=HelpFormatter,
                                      description="Top classes of image files.")
-    parser.add_argument("export_dir", help="an exported SavedModel or its versioned base dir")
-    parser.add_argument("images", nargs="+", help="PNG/JPEG/GIF/BMP files, any size")
+    parser.add_argument("export_dir", metavar="MODEL",
+                        help="a SavedModel or its versioned base dir, a model.onnx or "
+                             "model.tflite (or its version or base dir), a training run's dir "
+                             "or a .keras file")
+    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, TIFF...), "
+                                                  "any size")
     parser.add_argument("--top", type=positive_integer, default=3,
                         help="how many classes to print per image")
     args = parser.parse_args(argv)
 
     def show_predictions():
-        for path, classes in predict(args.export_dir, args.images, args.top):
+        unreadable = []
+
+        def skip(path, message):
+            unreadable.append(path)
+            print(f"error: {message}", file=sys.stderr)
+        # One image: its error is the one line; several: each named, the others classified.
+        for path, classes in predict(args.export_dir, args.images, args.top,
+                                     on_error=skip if len(args.images) > 1 else None):
             print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in classes))
+        if unreadable:
+            raise DamagedFile(f"{len(unreadable)} of {len(args.images)} images could not be "
+                              f"read ({', '.join(map(str, unreadable[:5]))}); the others are "
+                              f"classified above.")
     return run_command(show_predictions)
 
 

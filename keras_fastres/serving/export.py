@@ -39,7 +39,7 @@ from keras_fastres.serving.folding import fold_batch_norms
 
 ONNX_FILE = "model.onnx"  # in <export-dir>/<version>/, the layout Triton's ONNX backend reads
 ONNX_OPSET = 17
-FORMATS = ("saved_model", "onnx")
+FORMATS = ("saved_model", "onnx", "litert")
 CLASS_NAMES_FILE = "class_names.txt"  # the SavedModel's asset: one class name per line
 RESIZE_FILE = "resize.txt"  # the SavedModel's asset: the model's resize mode
 
@@ -85,8 +85,16 @@ def _serving_function(model, fold_batch_norm, empty_batches=True):
                     f"before calling this model")
         checks = [check]
         if images.dtype.is_floating:  # NaN pixels would still get a confident class
-            checks.append(tf.debugging.assert_all_finite(
-                images, "images must be finite pixel values in [0, 255]; got NaN or infinity"))
+            finite = tf.debugging.assert_all_finite(
+                images, "images must be finite pixel values in [0, 255]; got NaN or infinity")
+            message = ("images must be pixel values in [0, 255] (raw pixels, not scaled: a 0-1 "
+                       "scaled image is valid but answers wrongly); got a value ")
+            with tf.control_dependencies([finite]):  # NaN is named as NaN, not as a range
+                low = tf.debugging.assert_greater_equal(
+                    images, tf.constant(0, images.dtype), message=message + "below 0")
+                high = tf.debugging.assert_less_equal(
+                    images, tf.constant(255, images.dtype), message=message + "above 255")
+            checks += [finite, low, high]
         # Everything below waits for the checks: a graph runs independent ops in any order,
         # and a wrong rank would otherwise fail first, and obscurely, in the padding.
         with tf.control_dependencies(checks):
@@ -127,19 +135,42 @@ def _exists_error(target):
                            f"one. Choose another version or export directory.")
 
 
-def publish(export_dir, version, write):
+VERSION_FILES = {"saved_model": "saved_model.pb", "onnx": ONNX_FILE, "litert": "model.tflite"}
+
+
+def check_one_format(root, kind):
+    """A ValueError when the base folder `root` holds versions of another format than `kind`:
+    a server loads the highest version of a base (TF Serving a SavedModel, Triton its
+    backend's file), so one base holds one format."""
+    if not root.is_dir():
+        return
+    for folder in sorted(root.iterdir()):
+        if version_number(folder.name) is None:
+            continue
+        for other, name in VERSION_FILES.items():
+            if other != kind and (folder / name).is_file():
+                raise ValueError(
+                    f"{root} holds {other} versions ({folder.name}/{name}); a server loads a "
+                    f"base's highest version, so a {kind} version there would break it. Export "
+                    f"into another --export-dir, e.g. {root}-{kind}.")
+
+
+def publish(export_dir, version, write, kind=None):
     """Writes one model with `write(folder)` into a hidden temporary folder, then claims its
     place in one atomic rename: `export_dir/<version>` (TF Serving's and Triton's layout), the
     next free version for "auto", or `export_dir` itself for None. A rename onto a folder that
     is not empty fails, so two exports never claim one version: with "auto" the later one takes
     the next version, otherwise it raises FileExistsError. A published version is never
     written into, and an error or a kill leaves nothing where a server looks (the next export
-    removes what a killed one left). Returns the published folder."""
+    removes what a killed one left). `kind` (a VERSION_FILES key): refused where the base
+    holds versions of another format (`check_one_format`). Returns the published folder."""
     _check_version(version)
     root = Path(export_dir)
     if root.exists() and not root.is_dir():
         raise ValueError(f"The export directory {root} is a file; give a folder (a new one, or "
                          f"one holding numbered versions).")
+    if kind is not None and version is not None:
+        check_one_format(root, kind)
     place = root.parent if version is None else root
     fixed = root if version is None else None if version == "auto" else root / str(version)
     if fixed is not None and fixed.exists():
@@ -220,7 +251,7 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
             archive.write_out(str(folder), verbose=False)
             (folder / "assets").mkdir(exist_ok=True)
             (folder / "assets" / RESIZE_FILE).write_text(f"{model_resize(model)}\n")
-        return publish(export_dir, version, write)
+        return publish(export_dir, version, write, "saved_model")
 
 
 def model_resize(model):
@@ -256,6 +287,19 @@ def export_onnx(model: keras.Model, path: str | os.PathLike, fold_batch_norm: bo
         complete.
     """
     require_tensorflow_backend("ONNX export")
+    _input_size(model)
+    _check_version(version)
+    target = Path(path)
+    if version is None and target.exists():
+        raise _exists_error(target)
+    if version is not None:
+        check_one_format(target, "onnx")  # before the conversion's work
+    return publish_file(target, version, ONNX_FILE, onnx_bytes(model, fold_batch_norm),
+                        kind="onnx")
+
+
+def onnx_bytes(model: keras.Model, fold_batch_norm: bool = True) -> bytes:
+    """The ONNX model `export_onnx` writes, as bytes."""
     try:
         import tf2onnx
         from tensorflow.python.framework.convert_to_constants import (
@@ -264,10 +308,6 @@ def export_onnx(model: keras.Model, path: str | os.PathLike, fold_batch_norm: bo
     except ImportError:
         raise ImportError('ONNX export needs tf2onnx: pip install "keras-fastres[onnx]".') from None
     height, width = _input_size(model)
-    _check_version(version)
-    target = Path(path)
-    if version is None and target.exists():
-        raise _exists_error(target)
     serve, _ = _serving_function(model, fold_batch_norm, empty_batches=False)
     function = tf.function(serve).get_concrete_function(
         tf.TensorSpec([None, height, width, 3], tf.uint8, name="images"))
@@ -294,10 +334,21 @@ def export_onnx(model: keras.Model, path: str | os.PathLike, fold_batch_norm: bo
         entry.key, entry.value = "class_names", json.dumps(names)
     entry = proto.metadata_props.add()
     entry.key, entry.value = "resize", model_resize(model)
-    content = proto.SerializeToString()
+    return proto.SerializeToString()
+
+
+def publish_file(target, version, name, content, beside=None, kind=None):
+    """Writes `content` as `target` (version None) or as `target/<version>/name` (see
+    `publish`), with the files of `beside` ({name: text}) next to it; returns the file."""
+    def write(folder):
+        (folder / name).write_bytes(content)
+        for other, text in (beside or {}).items():
+            (folder / other).write_text(text, encoding="utf-8")
     if version is not None:
-        return publish(target, version,
-                       lambda folder: (folder / ONNX_FILE).write_bytes(content)) / ONNX_FILE
+        return publish(target, version, write, kind) / name
+    if beside:
+        raise ValueError(f"{name} comes with {', '.join(beside)}: export it into a versioned "
+                         f"layout (a version, or 'auto').")
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target.parent)
     temporary = temporary_sibling(target)

@@ -1,12 +1,18 @@
-"""Classify image files with an exported SavedModel, without a server (fastres-predict,
-commands/predict.py).
+"""Classify image files with any model this package writes, without a server
+(fastres-predict, commands/predict.py): a SavedModel (a version, or the base of versions), an
+ONNX or LiteRT model (the file, its version folder or their base), a training run's directory
+(its model.keras) or a .keras file.
 
 Any image size: images are resized to the model's input as the training data was
 (`data.decoding.decode_image`, in the model's resize mode: the SavedModel's
-assets/resize.txt). Class names are the model's own (the SavedModel's
-assets/class_names.txt); a model exported without names answers with class indices.
+assets/resize.txt, the ONNX metadata, the resize.txt beside a LiteRT model, the Keras config).
+Class names are the model's own (assets/class_names.txt, the ONNX metadata, the
+class_names.txt beside a LiteRT model, the Keras config); a model without names answers with
+class indices.
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,29 +21,45 @@ import tensorflow as tf
 from keras_fastres.console import check_positive_integers
 from keras_fastres.data.decoding import RESIZE_MODES, decode_image
 from keras_fastres.errors import DamagedFile, summary
-from keras_fastres.serving.export import CLASS_NAMES_FILE, RESIZE_FILE, version_number
+from keras_fastres.models import MODEL_FILE
+from keras_fastres.serving.compact import LITERT_FILE
+from keras_fastres.serving.export import CLASS_NAMES_FILE, ONNX_FILE, RESIZE_FILE, version_number
+
+MODEL_FILES = (("saved_model", "saved_model.pb"), ("keras", MODEL_FILE), ("onnx", ONNX_FILE),
+               ("litert", LITERT_FILE))
+SUFFIXES = {".onnx": "onnx", ".tflite": "litert", ".keras": "keras"}
+
+
+def find_model(path):
+    """(format, file or folder) of the model at `path`: a model file, a folder holding one
+    (SavedModel, run, ONNX or LiteRT version), or the highest numbered version of a base
+    folder; a ValueError saying what is there instead."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix in SUFFIXES:
+            return SUFFIXES[path.suffix], path
+        raise ValueError(f"{path} is not a model this command reads: a SavedModel folder, a "
+                         f".onnx, .tflite or .keras file, or a training run's folder.")
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such model file or folder.")
+    for kind, name in MODEL_FILES:
+        if (path / name).is_file():
+            return kind, path if kind == "saved_model" else path / name
+    versions = sorted((number, folder) for folder in path.glob("*")
+                      if (number := version_number(folder.name)) is not None
+                      and any((folder / name).is_file() for _, name in MODEL_FILES))
+    if versions:
+        return find_model(versions[-1][1])
+    raise ValueError(f"No model in {path} nor in a numbered version below it (a SavedModel, "
+                     f"{ONNX_FILE}, {LITERT_FILE}, or a run's {MODEL_FILE}).")
 
 
 def find_saved_model(export_dir):
-    """`export_dir` itself if it holds a SavedModel, else its highest numbered version; a
-    ValueError that says what the folder holds instead (an ONNX export, a run)."""
-    root = Path(export_dir)
-    if (root / "saved_model.pb").is_file():
-        return root
-    versions = sorted((number, path) for path in root.glob("*")
-                      if (number := version_number(path.name)) is not None
-                      and (path / "saved_model.pb").is_file())
-    if versions:
-        return versions[-1][1]
-    if list(root.glob("model.onnx")) or list(root.glob("[0-9]*/model.onnx")):
-        hint = (" It holds an ONNX model, which onnxruntime serves; this command reads "
-                "SavedModels: export one with fastres-export --format saved_model.")
-    elif (root / "model.keras").is_file():
-        hint = (f" It is a training run: pass {root / 'export'} if the run was exported "
-                f"(--export), or export it first with fastres-export --model {root}.")
-    else:
-        hint = ""
-    raise ValueError(f"No SavedModel in {root} nor in a numbered version below it." + hint)
+    """`export_dir` itself if it holds a SavedModel, else its highest numbered version."""
+    kind, found = find_model(export_dir)
+    if kind != "saved_model":
+        raise ValueError(f"{found} is a {kind} model, not a SavedModel.")
+    return found
 
 
 def load_serving_function(path):
@@ -70,10 +92,11 @@ def load_image(path, height, width, resize="stretch"):
                           f"damaged ({error}).") from None
 
 
-def resize_mode(saved_model):
-    """The resize mode exported with the SavedModel at `saved_model` ("stretch" for an export
-    older than the file); a `DamagedFile` naming the file when it holds another word."""
-    resize_file = Path(saved_model) / "assets" / RESIZE_FILE
+def resize_mode(saved_model, resize_file=None):
+    """The resize mode exported with the SavedModel at `saved_model` (or in `resize_file`;
+    "stretch" for an export older than the file); a `DamagedFile` naming the file when it
+    holds another word."""
+    resize_file = resize_file or Path(saved_model) / "assets" / RESIZE_FILE
     if not resize_file.is_file():
         return "stretch"
     word = resize_file.read_text(encoding="utf-8", errors="replace").strip()
@@ -83,11 +106,11 @@ def resize_mode(saved_model):
     return word
 
 
-def class_names(saved_model, num_classes):
-    """The `num_classes` class names exported with the SavedModel at `saved_model`, or None;
-    a `DamagedFile` naming the file when it does not hold one UTF-8 line per class. Lines
-    end at "\n" only, as the export writes them."""
-    names_file = Path(saved_model) / "assets" / CLASS_NAMES_FILE
+def class_names(saved_model, num_classes, names_file=None):
+    """The `num_classes` class names exported with the SavedModel at `saved_model` (or in
+    `names_file`), or None; a `DamagedFile` naming the file when it does not hold one UTF-8
+    line per class. Lines end at "\n" only, as the export writes them."""
+    names_file = names_file or Path(saved_model) / "assets" / CLASS_NAMES_FILE
     if not names_file.is_file():
         return None
     try:
@@ -112,20 +135,113 @@ def check_image_files(image_paths):
             raise ValueError(f"{path}: no such image file.")
 
 
-def predict(export_dir, image_paths, top=3):
-    """[(path, [(class name, probability), ...top]), ...] for each image file."""
+@dataclass
+class Classifier:
+    """A model opened for classifying: its input size, `names(num_classes)` (its class names,
+    or None), its resize mode, and `probabilities(images)`: uint8 (N, H, W, 3) -> float
+    (N, num_classes)."""
+
+    path: Path
+    size: tuple
+    names: Callable[[int], list | None]
+    resize: str
+    probabilities: Callable[[np.ndarray], np.ndarray]
+
+
+def open_classifier(path) -> Classifier:
+    """The model at `path` (see `find_model`) as a `Classifier`; a `DamagedFile` when it
+    cannot be read."""
+    kind, found = find_model(path)
+    return {"saved_model": _saved_model, "keras": _keras, "onnx": _onnx,
+            "litert": _litert}[kind](found)
+
+
+def _saved_model(folder):
+    serve = load_serving_function(folder)
+    size = tuple(serve.structured_input_signature[1]["images"].shape[1:3])
+    return Classifier(folder, size, _names(lambda count: class_names(folder, count)),
+                      resize_mode(folder),
+                      lambda images: serve(images=tf.constant(images))["probabilities"].numpy())
+
+
+def _names(read):
+    """Class names read lazily, once the class count is known."""
+    cache = {}
+
+    def names(count):
+        if "names" not in cache:
+            cache["names"] = read(count)
+        return cache["names"]
+    return names
+
+
+def _keras(file):
+    from keras_fastres.models import load_model
+    model = load_model(file)
+    size = tuple(model.input_shape[1:3])
+    names = getattr(model, "class_names", None)
+    return Classifier(file, size, lambda count: names, getattr(model, "resize", "stretch"),
+                      lambda images: model.predict(images.astype(np.float32), verbose=0))
+
+
+def _onnx(file):
+    import json
+
+    import onnxruntime
+    try:
+        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own classes for damaged files
+        raise DamagedFile(f"{file} is not a complete ONNX model: {summary(error)[:200]}") from None
+    metadata = session.get_modelmeta().custom_metadata_map
+    names = json.loads(metadata["class_names"]) if "class_names" in metadata else None
+    size = tuple(session.get_inputs()[0].shape[1:3])
+    return Classifier(file, size, lambda count: names, metadata.get("resize", "stretch"),
+                      lambda images: session.run(["probabilities"], {"images": images})[0])
+
+
+def _litert(file):
+    from keras_fastres.serving.compact import litert_runner
+    try:
+        runner = litert_runner(file.read_bytes())
+    except (ValueError, RuntimeError) as error:
+        raise DamagedFile(f"{file} is not a complete LiteRT model: {summary(error)[:200]}") \
+            from None
+    images_input = runner.get_input_details()["images"]
+    output = runner.get_output_details()["probabilities"]
+    scale, zero = output["quantization"]
+
+    def probabilities(images):
+        result = runner(images=images)["probabilities"]
+        return (result.astype(np.float32) - zero) * scale if scale else result
+    names_file = file.parent / CLASS_NAMES_FILE
+    return Classifier(file, tuple(images_input["shape"][1:3]), _names(
+        lambda count: class_names(file.parent, count, names_file)),
+        resize_mode(file.parent, file.parent / RESIZE_FILE), probabilities)
+
+
+def predict(export_dir, image_paths, top=3, on_error=None):
+    """[(path, [(class name, probability), ...top]), ...] for each image file, by the model at
+    `export_dir` (any format `find_model` reads). An image that cannot be read raises a
+    `DamagedFile`, or, with `on_error`, is passed to `on_error(path, message)` and left out."""
     check_positive_integers(top=top)
     check_image_files(image_paths)
-    saved_model = find_saved_model(export_dir)
-    serve = load_serving_function(saved_model)
-    height, width = serve.structured_input_signature[1]["images"].shape[1:3]
-    resize = resize_mode(saved_model)
-    images = tf.constant(np.stack([load_image(path, height, width, resize)
-                                   for path in image_paths]))
-    probabilities = serve(images=images)["probabilities"].numpy()
-    names = class_names(saved_model, probabilities.shape[-1])
+    classifier = open_classifier(export_dir)
+    height, width = classifier.size
+    readable, pixels = [], []
+    for path in image_paths:
+        try:
+            pixels.append(load_image(path, height, width, classifier.resize))
+            readable.append(path)
+        except DamagedFile as error:
+            if on_error is None:
+                raise
+            on_error(path, str(error))
+    if not readable:
+        return []
+    probabilities = np.asarray(classifier.probabilities(np.stack(pixels)))
+    names = classifier.names(probabilities.shape[-1])
     results = []
-    for path, row in zip(image_paths, probabilities):
+    for path, row in zip(readable, probabilities):
         best = np.argsort(row)[::-1][:top]
         results.append((path, [(names[i] if names else f"class {i}", float(row[i])) for i in best]))
     return results
