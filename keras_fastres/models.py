@@ -104,7 +104,9 @@ def _check_class_names(class_names, num_classes):
     if class_names is None:
         return None
     names = list(class_names) if isinstance(class_names, (list, tuple)) else None
-    if names is None or not all(isinstance(n, str) and n and "\n" not in n for n in names):
+    # One line by every Unicode definition: the exports write them one per line.
+    if names is None or not all(isinstance(n, str) and n and n.splitlines() == [n]
+                                for n in names):
         raise ValueError(f"class_names must be a list of non-empty one-line strings, got "
                          f"{class_names!r}.")
     if len(names) != num_classes:

@@ -61,7 +61,7 @@ from keras_fastres.serving.export import export_saved_model
 log = logging.getLogger(__name__)
 
 
-DATA_IDENTITY = ("class_names", "data_files")  # data_identity's keys
+DATA_IDENTITY = ("class_names", "data_files", "data_content")  # data_identity's keys
 FEW_IMAGES = 10  # a class with fewer training images is warned about
 SHOWN_SKIPPED_FILES = 100  # of the undecodable files, those metrics.json names
 
@@ -72,6 +72,19 @@ class RunFailed(RuntimeError):
 
 class RunRefused(RuntimeError):
     """The output directory holds a finished run."""
+
+
+def check_apart(run_dir, data_dir):
+    """A ValueError when the output directory and the --data folder overlap: the run's files
+    would become training images of later runs (or its data, its outputs)."""
+    output, data_folder = Path(run_dir).resolve(), Path(data_dir).resolve()
+    if output == data_folder or data_folder in output.parents:
+        raise ValueError(f"The output directory {run_dir} is inside the data folder {data_dir}: "
+                         f"the run's files would be read as images by later runs. Pass an "
+                         f"--output-dir outside it.")
+    if output in data_folder.parents:
+        raise ValueError(f"The data folder {data_dir} is inside the output directory {run_dir}; "
+                         f"keep them apart: pass another --output-dir.")
 
 
 def check_output_dir(run_dir):
@@ -127,6 +140,8 @@ def train(config: TrainConfig, progress=None) -> dict:
     if config.cache_only:
         return fill_cache(config, progress)
     run_dir = config.run_dir()
+    if config.data:
+        check_apart(run_dir, config.data)
     check_output_dir(run_dir)
     check_not_finished(run_dir)
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas,
@@ -431,6 +446,8 @@ def data_identity(images):
     identity = {"class_names": list(images.class_names)}
     if images.files_digest:
         identity["data_files"] = images.files_digest
+    if images.details is not None:  # the cache entry's key: each file's size and mtime too
+        identity["data_content"] = Path(images.details.cache_entry).name
     return identity
 
 

@@ -304,3 +304,69 @@ def test_runs_from_the_cache_and_from_disk_train_as_the_first_run(tmp_path, monk
                for name in ("first", "disk")]
     assert metrics[0]["test_error"] == metrics[1]["test_error"]
     assert metrics[1]["data_summary"]["from_disk"] and not metrics[0]["data_summary"]["from_disk"]
+
+
+def test_a_fifo_and_an_unreadable_folder_are_named_and_nothing_blocks(tmp_path, monkeypatch):
+    """A FIFO named like an image would block the decoder forever: only regular files are
+    read; a folder that cannot be listed is named, not dropped without a word."""
+    folder = photo_folder(tmp_path / "photos", per_class=6)
+    os.mkfifo(folder / "cat" / "x.png")
+    (folder / "dog" / "locked").mkdir()
+    Image.fromarray(blocks(24, 20)).save(folder / "dog" / "locked" / "hidden.png")
+    scandir = os.scandir
+
+    def refused(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+    monkeypatch.setattr(os, "scandir", refused)
+    with pytest.warns(FastResWarning, match=r"could not read 2 folders or files: .*x\.png \(not "
+                                            r"a regular file\); .*locked \(Permission denied\)"):
+        loaded = load_image_folder(folder, 8, validation_fraction=0.2)
+    assert len(loaded.train.labels) + len(loaded.test.labels) == 12
+
+
+@pytest.mark.parametrize("names, message", [
+    (("cat", "dog\rwolf"), r"has a line break in its name \('dog\\rwolf'\)"),
+    (("cat", "dog\u2028wolf"), r"has a line break in its name"),
+    (("cat", "dog\x0cwolf"), r"has a line break in its name"),
+    (("caf\u00e9", "cafe\u0301"), r"are the same name written with different Unicode"),
+])
+def test_class_names_are_one_line_and_one_spelling(names, message, tmp_path):
+    from keras_fastres.data import DataUnavailableError
+    folder = photo_folder(tmp_path / "photos", classes=names, per_class=2)
+    with pytest.raises(DataUnavailableError, match=message):
+        load_image_folder(folder, 8, validation_fraction=0.5)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_class_named_train_beside_other_classes_is_refused_as_ambiguous(tmp_path):
+    from keras_fastres.data import DataUnavailableError
+    folder = photo_folder(tmp_path / "photos", classes=("bus", "car"), per_class=2)
+    photo_folder(folder / "train", classes=("day", "night"), per_class=2)
+    with pytest.raises(DataUnavailableError, match=r"holds a train/ folder beside other folders "
+                                                   r"\(bus, car\): is it the train/test layout or "
+                                                   r"a class named so\?"):
+        load_image_folder(folder, 8)
+
+
+def test_a_link_to_the_data_folder_itself_is_no_class_of_every_image(tmp_path, capsys):
+    folder = photo_folder(tmp_path / "photos", per_class=4)
+    (folder / "zz_self").symlink_to(folder, target_is_directory=True)
+    assert train_command(["--data", str(folder), "--image-size", "8", "--output-dir",
+                          str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert "Class 'zz_self'" in error and "has no training images" in error
+    assert error.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["inside", "around"])
+def test_output_and_data_folders_never_overlap(where, tmp_path, capsys):
+    folder = photo_folder(tmp_path / "photos", per_class=4)
+    output = folder / "cat" / "run" if where == "inside" else tmp_path
+    assert train_command(["--data", str(folder), "--image-size", "8", "--output-dir",
+                          str(output)]) == 2
+    error = capsys.readouterr().err
+    assert ("is inside the data folder" if where == "inside" else
+            "is inside the output directory") in error and error.count("\n") == 1
+    assert not (folder / "cat" / "run").exists()

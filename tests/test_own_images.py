@@ -4,6 +4,7 @@ class names by fastres-predict and on onnxruntime, and fine-tuned on three of th
 another image size; a (mocked) TFDS catalog data set through the command line."""
 
 import json
+import os
 import re
 import struct
 import zlib
@@ -326,6 +327,15 @@ def test_a_run_resumes_only_on_the_same_files(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err
     assert "holds an unfinished run of another experiment (data_files" in error
     (images / "dog" / "new.png").unlink()
+    # A file rewritten under its name (other pixels, another modification time) is other data;
+    # the same bytes and time back, the same data.
+    first = images / "cat" / "0.png"
+    original, stamp = first.read_bytes(), first.stat()
+    first.write_bytes((images / "cat" / "1.png").read_bytes())
+    assert train_command(args) == 2
+    assert "another experiment (data_content" in capsys.readouterr().err
+    first.write_bytes(original)
+    os.utime(first, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert train_command(args) == 0
     assert "Resuming" in capsys.readouterr().out
 

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,16 +62,41 @@ def image_size_pair(image_size):
 
 
 def _class_folders(root):
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class folders of `root` (sorted; hidden ones skipped), each name checked to be one
+    line by every Unicode definition and distinct from the others after NFC normalisation,
+    before any image is read."""
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as error:
+        raise DataUnavailableError(f"Cannot read the folder {root} ({error.strerror}).") from None
+    seen = {}
+    for folder in folders:
+        name = folder.name
+        if name.splitlines() != [name]:  # \n, \r, form feed, U+2028...: not one line
+            raise DataUnavailableError(
+                f"The class folder {folder!r} has a line break in its name ({name!r}); class "
+                f"names travel one per line to the exports: rename it.")
+        normal = unicodedata.normalize("NFC", name)
+        if normal in seen:
+            raise DataUnavailableError(
+                f"The class folders {seen[normal]!r} and {name!r} in {root} are the same name "
+                f"written with different Unicode characters (NFC and NFD forms), which print "
+                f"alike as two classes: merge them.")
+        seen[normal] = name
+    return folders
 
 
-def _images_below(folder, seen, ignored):
+def _images_below(folder, seen, ignored, unreadable):
     """The image files (paths as strings: a million Path objects cost seconds) at any depth
-    below `folder`, sorted, following linked folders once
-    (`seen`: the real paths of the folders already read, so a link loop ends); the other
-    files (not hidden) are added to `ignored`."""
+    below `folder`, sorted, following linked folders once (`seen`: the real paths of the
+    folders already read, so a link loop ends). Regular files only: other files with an image
+    name (a FIFO would block the decoder) and folders that cannot be read go to `unreadable`,
+    the other files (not hidden) to `ignored`."""
     found, suffixes = [], set(image_suffixes())
-    for parent, folders, files in os.walk(folder, followlinks=True):
+
+    def cannot_read(error):
+        unreadable.append(f"{error.filename} ({error.strerror})")
+    for parent, folders, files in os.walk(folder, followlinks=True, onerror=cannot_read):
         real = os.path.realpath(parent)
         if real in seen:
             folders[:] = []
@@ -78,22 +104,37 @@ def _images_below(folder, seen, ignored):
         seen.add(real)
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         for name in sorted(files):
-            if not name.startswith("."):
-                is_image = os.path.splitext(name)[1].lower() in suffixes
-                (found if is_image else ignored).append(os.path.join(parent, name))
+            if name.startswith("."):
+                continue
+            path = os.path.join(parent, name)
+            if os.path.splitext(name)[1].lower() not in suffixes:
+                ignored.append(path)
+            elif os.path.isfile(path):
+                found.append(path)
+            else:
+                unreadable.append(f"{path} (not a regular file)")
     return found
 
 
 def list_images(directory):
     """The class names, the (path, label) lists of the train and test splits (test None when
-    the folder has no test/ folder) and the files that are not images Pillow reads; or a
-    DataUnavailableError saying what is wrong."""
+    the folder has no test/ folder), the files that are not images Pillow reads and what could
+    not be read (folders, files that are not regular files); or a DataUnavailableError saying
+    what is wrong."""
     root = Path(directory).expanduser()
     if not root.is_dir():
         raise DataUnavailableError(f"{root} is not a folder; --data needs a folder of class "
                                    f"folders (DIR/<class>/<images>, or DIR/train/<class>/... and "
                                    f"DIR/test/<class>/...).")
     train_root, test_root = root / "train", root / "test"
+    others = [p.name for p in _class_folders(root) if p.name not in ("train", "test")]
+    if (train_root.is_dir() or test_root.is_dir()) and others:
+        raise DataUnavailableError(
+            f"{root} holds a {'train' if train_root.is_dir() else 'test'}/ folder beside other "
+            f"folders ({', '.join(others[:3])}{'...' if len(others) > 3 else ''}): is it the "
+            f"train/test layout or a class named so? Lay it out as {root}/train/<class>/ and "
+            f"{root}/test/<class>/ only, or as class folders only (rename a class called train "
+            f"or test, e.g. train_).")
     if not train_root.is_dir():
         if test_root.is_dir():
             raise DataUnavailableError(f"{root} has a test/ folder but no train/ folder; put the "
@@ -110,9 +151,9 @@ def list_images(directory):
     if len(names) == 1:
         raise DataUnavailableError(f"{train_root} has a single class folder ({names[0]}); a "
                                    f"classifier needs two or more.")
-    seen, ignored = set(), []
+    seen, ignored, unreadable = set(), [], []
     train = [(path, label) for label, folder in enumerate(classes)
-             for path in _images_below(folder, seen, ignored)]
+             for path in _images_below(folder, seen, ignored, unreadable)]
     counts = np.bincount([label for _, label in train], minlength=len(names))
     if not counts.any():
         raise DataUnavailableError(
@@ -124,9 +165,10 @@ def list_images(directory):
         raise DataUnavailableError(
             f"Class {empty[0]!r} ({train_root / empty[0]}) has no training images"
             + (f" (nor have {', '.join(empty[1:4])}{'...' if len(empty) > 4 else ''})"
-               if len(empty) > 1 else "") + "; every class needs some.")
+               if len(empty) > 1 else "") + "; every class needs some."
+            + (f" Could not read: {'; '.join(unreadable[:3])}." if unreadable else ""))
     if test_root is None:
-        return names, train, None, ignored
+        return names, train, None, ignored, unreadable
     test = []
     for folder in _class_folders(test_root):
         if folder.name not in names:
@@ -135,11 +177,11 @@ def list_images(directory):
                 f"classes are the folders of {train_root}: {', '.join(names[:10])}"
                 f"{'...' if len(names) > 10 else ''}.")
         test += [(path, names.index(folder.name))
-                 for path in _images_below(folder, seen, ignored)]
+                 for path in _images_below(folder, seen, ignored, unreadable)]
     if not test:
         raise DataUnavailableError(f"{test_root} holds no images in class folders; remove it to "
                                    f"hold out part of the training images instead.")
-    return names, train, test, ignored
+    return names, train, test, ignored, unreadable
 
 
 def default_max_memory():
@@ -177,6 +219,7 @@ class FolderDetails:
     far_aspect: int = 0  # images whose aspect is 2x or more off the target's
     far_smaller: int = 0  # images with a side under half the target's
     seconds: float = 0.0  # listing, and decoding on a miss
+    unreadable: list = field(default_factory=list)  # folders and non-regular files not read
 
 
 def load_image_folder(directory: str | os.PathLike, image_size: int | Sequence[int] = 32,
@@ -228,7 +271,7 @@ def load_image_folder(directory: str | os.PathLike, image_size: int | Sequence[i
                          f"got {workers!r}.")
     start = time.perf_counter()
     root = Path(directory).expanduser()
-    names, train, test, ignored = list_images(root)
+    names, train, test, ignored, unreadable = list_images(root)
     if test is None:
         train_index, test_index = holdout(np.array([label for _, label in train]),
                                           validation_fraction, seed)
@@ -263,7 +306,7 @@ def load_image_folder(directory: str | os.PathLike, image_size: int | Sequence[i
     details = FolderDetails(state, str(entry), resize,
                             [tuple(item) for item in manifest["skipped"]],
                             [str(path) for path in ignored], manifest["far_aspect"],
-                            manifest["far_smaller"], time.perf_counter() - start)
+                            manifest["far_smaller"], time.perf_counter() - start, unreadable)
     _warn(details, len(train) + len(test))
     data = ImageData(f"folder:{root}", arrays["train"], arrays["test"],
                      tuple(names), skipped=[path for path, _ in details.skipped],
@@ -348,6 +391,11 @@ def _warn(details, total):
                           details.skipped[:SHOWN_SKIPPED])
         warnings.warn(f"skipped {len(details.skipped)} of {total} image files that could not be "
                       f"used: {shown}{'; ...' if len(details.skipped) > SHOWN_SKIPPED else ''}",
+                      FastResWarning, stacklevel=3)
+    if details.unreadable:
+        warnings.warn(f"could not read {len(details.unreadable)} folders or files: "
+                      f"{'; '.join(details.unreadable[:SHOWN_SKIPPED])}"
+                      f"{'; ...' if len(details.unreadable) > SHOWN_SKIPPED else ''}",
                       FastResWarning, stacklevel=3)
     if details.ignored:
         shown = ", ".join(details.ignored[:SHOWN_SKIPPED])
