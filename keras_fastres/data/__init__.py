@@ -8,6 +8,7 @@
     decoding.py  one file's pixels (EXIF, resize modes) and the decoding worker processes
     splits.py    what they return and share: Split, ImageData, the stratified hold-out
     pipeline.py  TrainingData (shuffle, crop, flip per epoch) and test_dataset
+    summary.py   what a run trains on, said before its first epoch
 
 `load` picks the source from explicit arguments; each loader can also be called alone.
 """
