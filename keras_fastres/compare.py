@@ -8,6 +8,7 @@ from pathlib import Path
 
 from keras_fastres.callbacks import read_history
 from keras_fastres.config import TrainConfig, experiment_fields
+from keras_fastres.errors import summary
 from keras_fastres.plots import plot_runs
 
 # What makes runs repeats of one configuration: their experiment, less the seed.
@@ -93,11 +94,23 @@ def compare_runs(run_dirs, figure):
             raise ValueError(f"--compare is given the run {first.resolve()} twice ({first} and "
                              f"{run_dir}); give each run once.")
     runs = [(Path(run_dir), *read_run(run_dir)) for run_dir in run_dirs]
-    plot_runs([(label(metrics) if metrics else run_dir.name, rows)
-               for run_dir, rows, metrics in runs], figure, title="test error")
     finished = [metrics for _, _, metrics in runs if metrics]
     text = format_summary(summarize(finished)) if finished else "no finished run"
     unfinished = [str(run_dir) for run_dir, _, metrics in runs if metrics is None]
     if unfinished:
         text += f"\nunfinished, plotted but not in the table: {', '.join(unfinished)}"
+    try:
+        plot_runs([(label(metrics) if metrics else run_dir.name, rows)
+                   for run_dir, rows, metrics in runs], figure, title="test error")
+    except OSError as error:  # the table is still worth having
+        raise PlotNotWritten(text, f"Could not write {figure}: {summary(error)}; pass an "
+                                   f"--output-dir you can write to.") from None
     return text
+
+
+class PlotNotWritten(OSError):
+    """The comparison's plot could not be written; `table` holds the comparison's table."""
+
+    def __init__(self, table, message):
+        super().__init__(message)
+        self.table = table

@@ -35,7 +35,14 @@ def initialize_from(model, path):
         loaded += 1
     classifier = (f"the classifier replaced ({replaced[0]} -> {replaced[1]} classes, newly "
                   f"initialised)" if replaced else "the classifier included")
-    return f"Initialised from {Path(path)}: {loaded} layers loaded, {classifier}."
+    old, new = getattr(source, "class_names", None), getattr(model, "class_names", None)
+    if not replaced and old and new and old != new:
+        differ = [f"{a} -> {b}" for a, b in zip(old, new) if a != b]
+        classifier += (f" although the class names differ ({', '.join(differ[:3])}"
+                       f"{', ...' if len(differ) > 3 else ''}): output i keeps the meaning it "
+                       f"had, now named by the new data")
+    return (f"Initialised from {Path(path)}: {loaded} layers loaded, {classifier}; the input "
+            f"normalisation is the new training images'.")
 
 
 def _weighted(model):

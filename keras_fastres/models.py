@@ -296,6 +296,29 @@ FastResNet668 = _alias(668)
 FastResNet1202 = _alias(1202)
 
 
+MAX_JSON_BYTES = 64 * 2 ** 20  # a FastResNet's config.json is a few kB
+MAX_EXPANSION = 100  # a member may expand to 100x its compressed size beyond MAX_JSON_BYTES
+
+
+def _check_sizes(model_file):
+    """A `DamagedFile` for a .keras archive whose members declare sizes no FastResNet has (a
+    zip bomb: a config.json that expands to gigabytes), before anything is expanded."""
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DamagedFile(f"{model_file} is not a complete .keras file: {summary(error)}") \
+            from None
+    for member in members:
+        expands = (member.file_size > MAX_JSON_BYTES
+                   and member.file_size > MAX_EXPANSION * max(member.compress_size, 1))
+        if expands or (member.filename.endswith(".json") and member.file_size > MAX_JSON_BYTES):
+            raise DamagedFile(
+                f"{model_file} holds {member.filename}, declared {member.file_size:,} bytes "
+                f"({member.compress_size:,} compressed): no .keras file of this package has such "
+                f"a member (a zip bomb?); not loaded.")
+
+
 def load_model(path) -> keras.Model:
     """The Keras model of a finished training run's directory (its model.keras) or of a .keras
     file. A ValueError when there is no such file, a `DamagedFile` when it cannot be loaded."""
@@ -310,6 +333,7 @@ def load_model(path) -> keras.Model:
             f"{model_file} is not a complete .keras file (a zip archive; this one, "
             f"{model_file.stat().st_size} bytes, is truncated or damaged). Save the model again, "
             f"or train its run again.")
+    _check_sizes(model_file)
     try:
         return keras.saving.load_model(model_file)
     except (TypeError, ValueError, KeyError, OSError, zipfile.BadZipFile, zlib.error) as error:

@@ -28,6 +28,7 @@ from keras_fastres.benchmarks.report import format_markdown, format_table
 from keras_fastres.commands.output import print_progress, run_command
 from keras_fastres.config import PRECISIONS
 from keras_fastres.console import HelpFormatter, positive_integer, program, writable_file
+from keras_fastres.errors import summary
 
 DEPTHS = "20,56,110"
 VARIANTS = "preact,type1,type2,v1"
@@ -161,10 +162,15 @@ def benchmark(args):
             report, layout.COLUMNS, layout.summary(report))
     print(text)
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump(report, file, indent=2)
+        written = [(Path(args.json), json.dumps(report, indent=2))]
         if report["kind"] == "report":
-            Path(args.json).with_suffix(".md").write_text(text + "\n")
+            written.append((Path(args.json).with_suffix(".md"), text + "\n"))
+        for path, content in written:
+            try:
+                path.write_text(content)
+            except OSError as error:  # a full disk, a folder removed meanwhile: name the file
+                raise OSError(f"Could not write {path}: {summary(error)}; the table is "
+                              f"above.") from None
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from keras_fastres.commands.output import progress_bar, run_command
-from keras_fastres.compare import compare_runs
+from keras_fastres.compare import PlotNotWritten, compare_runs
 from keras_fastres.config import TrainConfig, option_name, option_word, value_of_word
 from keras_fastres.console import HelpFormatter, program
 from keras_fastres.errors import is_tensorflow_error
@@ -112,7 +112,11 @@ def main(defaults, argv=None, choose_dataset=False):
 def compare(parsed):
     folder = Path(parsed.output_dir) if parsed.output_dir else Path(
         parsed.compare[0]).resolve().parent
-    print(compare_runs(parsed.compare, folder / "comparison.png"))
+    try:
+        print(compare_runs(parsed.compare, folder / "comparison.png"))
+    except PlotNotWritten as error:
+        print(error.table)  # the table first, then the one-line error (exit 1)
+        raise
     print(f"Wrote {folder / 'comparison.png'}")
 
 

@@ -131,6 +131,9 @@ def check_image_files(image_paths):
     for path in map(Path, image_paths):
         if path.is_dir():
             raise ValueError(f"{path} is a folder; give image files (e.g. {path}/*.png).")
+        if path.exists() and not path.is_file():  # a FIFO would block, a device never end
+            raise ValueError(f"{path} is not a regular file (a FIFO or a device?); give image "
+                             f"files.")
         if not path.is_file():
             raise ValueError(f"{path}: no such image file.")
 
