@@ -49,10 +49,10 @@ def test_predict_refuses_an_image_path_that_is_no_regular_file(kind, tmp_path, c
 
 
 def test_a_comparison_whose_plot_cannot_be_written_still_prints_its_table(tmp_path, capsys):
+    from test_compare import finished_run
+
     from keras_fastres.commands.train import main
     from keras_fastres.config import TrainConfig
-
-    from test_compare import finished_run
     runs = [finished_run(tmp_path / f"run{seed}", "type1", seed, 0.1 + seed / 100, 1.0)
             for seed in (1, 2)]
     (tmp_path / "file").write_text("not a folder")
