@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_fastres.data import ARCHIVES
@@ -120,3 +121,22 @@ class FakeClock:
 
     def advance(self, seconds):
         self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """scikit-learn's digits as a folder of images (test_own_images.digits_folder) and a
+    FastResNet-8 trained on them for 10 epochs through fastres-train, with its SavedModel
+    export: (the folder, the run directory), shared by the tests that need a model that learned
+    something."""
+    from test_own_images import digits_folder
+
+    from keras_fastres.commands.train import command
+
+    work = tmp_path_factory.mktemp("digits")
+    root = digits_folder(work / "digits")
+    run = work / "run"
+    assert command(["--data", str(root), "--no-flip", "--image-size", "16", "--depth", "8",
+                    "--epochs", "10", "--batch-size", "64", "--seed", "0", "--output-dir",
+                    str(run), "--export"]) == 0
+    return root, run

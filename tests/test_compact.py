@@ -11,24 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_own_images import WORDS, digits_folder
+from test_own_images import WORDS
 
 from keras_fastres.commands.export import main as export_main
 from keras_fastres.commands.predict import main as predict_main
-from keras_fastres.commands.train import command as train_command
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """The digits as a folder, a FastResNet-8 trained on them for 10 epochs (as
-    test_own_images trains it), with its SavedModel export."""
-    work = tmp_path_factory.mktemp("digits")
-    root = digits_folder(work / "digits")
-    run = work / "run"
-    assert train_command(["--data", str(root), "--no-flip", "--image-size", "16", "--depth",
-                          "8", "--epochs", "10", "--batch-size", "64", "--seed", "0",
-                          "--output-dir", str(run), "--export"]) == 0
-    return root, run
 
 
 def exported(args, run, target, capsys):

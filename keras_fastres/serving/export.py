@@ -4,7 +4,9 @@ ONNX model (onnxruntime and other ONNX runtimes), neither needing this package o
 SavedModel signatures (the batch dimension is None: any batch size, 1 included):
     serving_default  images: uint8 [None, H, W, 3], raw pixels as a PNG/JPEG decoder gives them
     serving_float    images: float32 [None, H, W, 3], pixel values in [0, 255]
-Both return {"probabilities": float32 [None, num_classes], "classes": int64 [None]}, and, for a
+    serving_bytes    image_bytes: string [None], encoded JPEG, PNG, GIF or BMP files of any
+                     size, decoded and resized in the graph as training did (serving/decode.py)
+All return {"probabilities": float32 [None, num_classes], "classes": int64 [None]}, and, for a
 model with class names, "class_name": string [None], the top class's name; the names are also in
 the asset file assets/class_names.txt, one per line (label i on line i + 1), as TF Serving's
 classification examples keep them. The ONNX model has serving_default's input and its
@@ -35,6 +37,7 @@ import tensorflow as tf
 
 from keras_fastres.files import remove_leftovers, temporary_sibling
 from keras_fastres.machine import require_tensorflow_backend
+from keras_fastres.serving.decode import decode_batch
 from keras_fastres.serving.folding import fold_batch_norms
 
 ONNX_FILE = "model.onnx"  # in <export-dir>/<version>/, the layout Triton's ONNX backend reads
@@ -245,6 +248,12 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
         for name, dtype in (("serving_default", tf.uint8), ("serving_float", tf.float32)):
             archive.add_endpoint(name, tf.function(serve), input_signature=[
                 tf.TensorSpec([None, height, width, 3], dtype, name="images")])
+        resize = model_resize(model)
+
+        def serve_bytes(image_bytes):
+            return serve(decode_batch(image_bytes, height, width, resize))
+        archive.add_endpoint("serving_bytes", tf.function(serve_bytes), input_signature=[
+            tf.TensorSpec([None], tf.string, name="image_bytes")])
 
         def write(folder):
             shutil.rmtree(folder)  # the archive writes the folder itself
