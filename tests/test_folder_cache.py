@@ -370,3 +370,24 @@ def test_output_and_data_folders_never_overlap(where, tmp_path, capsys):
     assert ("is inside the data folder" if where == "inside" else
             "is inside the output directory") in error and error.count("\n") == 1
     assert not (folder / "cat" / "run").exists()
+
+
+def test_a_slow_reader_never_waits_for_a_worker_that_waits_for_it(tmp_path, monkeypatch):
+    """A worker's two reports can arrive in one read when this process is slow (a loaded
+    machine): both must be taken, or each side waits for the other forever (seen once, as a
+    training that never started). One-file chunks and a sleeping progress callback make it
+    happen every time."""
+    import threading
+    import time
+
+    folder = photo_folder(tmp_path / "photos", per_class=10)
+    monkeypatch.setattr(decoding, "CHUNK", 1)
+    done = []
+
+    def slow(count, total):
+        time.sleep(0.05)
+    loader = threading.Thread(target=lambda: done.append(load_image_folder(
+        folder, 8, cache_dir=tmp_path / "cache", workers=1, progress=slow)))
+    loader.start()
+    loader.join(timeout=120)
+    assert done and len(done[0].train.labels) + len(done[0].test.labels) == 20

@@ -19,7 +19,9 @@ so that a worker starts in a fraction of a second (a worker importing TensorFlow
 seconds) and Pillow's header parsing, which holds the GIL, runs on every core.
 """
 
+import io
 import json
+import os
 import selectors
 import subprocess
 import sys
@@ -200,7 +202,7 @@ def _decode_in_workers(paths, output, max_pixels, resize, workers, report):
     chunks = iter([(list(range(start, min(start + CHUNK, len(paths)))),
                     [str(path) for path in paths[start:start + CHUNK]])
                    for start in range(0, len(paths), CHUNK)])
-    processes, errors, waiting = {}, {}, {}
+    processes, errors, waiting, pending = {}, {}, {}, {}
     selector = selectors.DefaultSelector()
 
     def send(process):
@@ -212,12 +214,26 @@ def _decode_in_workers(paths, output, max_pixels, resize, workers, report):
         process.stdin.write(json.dumps({"rows": chunk[0], "paths": chunk[1]}) + "\n")
         process.stdin.flush()
         waiting[process] += 1
+
+    def received(stream, line):
+        if stream in errors:
+            errors[stream].append(line)
+            return
+        result = json.loads(line)
+        process = processes[stream]
+        waiting[process] -= 1
+        send(process)
+        report(result["done"], [tuple(item) for item in result["skipped"]], result["wide"],
+               result["small"])
     try:
         for _ in range(min(workers, -(-len(paths) // CHUNK))):
-            # A session of its own: Ctrl-C reaches this process, which ends the workers.
+            # A session of its own: Ctrl-C reaches this process, which ends the workers. The
+            # answers are read as raw bytes: a buffered reader could hold a second report
+            # that select() then never announces, and both sides would wait.
             process = subprocess.Popen(
                 [sys.executable, "-I", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
+            process.stdin = io.TextIOWrapper(process.stdin, write_through=True)
             processes[process.stdout] = process
             errors[process.stderr] = []
             waiting[process] = 0
@@ -225,26 +241,22 @@ def _decode_in_workers(paths, output, max_pixels, resize, workers, report):
                                             "resize": resize}) + "\n")
             send(process)
             send(process)
-            selector.register(process.stdout, selectors.EVENT_READ)
-            selector.register(process.stderr, selectors.EVENT_READ)
+            for stream in (process.stdout, process.stderr):
+                pending[stream] = b""
+                selector.register(stream, selectors.EVENT_READ)
         while selector.get_map():
             for key, _ in selector.select():
-                line = key.fileobj.readline()
-                if not line:
+                data = os.read(key.fileobj.fileno(), 65536)
+                if not data:
                     selector.unregister(key.fileobj)
-                elif key.fileobj in errors:
-                    errors[key.fileobj].append(line)
-                else:
-                    result = json.loads(line)
-                    process = processes[key.fileobj]
-                    waiting[process] -= 1
-                    send(process)
-                    report(result["done"], [tuple(item) for item in result["skipped"]],
-                           result["wide"], result["small"])
+                    continue
+                *lines, pending[key.fileobj] = (pending[key.fileobj] + data).split(b"\n")
+                for line in lines:
+                    received(key.fileobj, line.decode("utf-8", "replace"))
         for process in processes.values():
             if process.wait() != 0:
                 raise RuntimeError(f"A decoding worker failed (exit status {process.returncode})"
-                                   f": {''.join(errors[process.stderr][-5:]).strip()}")
+                                   f": {' '.join(errors[process.stderr][-5:]).strip()}")
     finally:
         for process in processes.values():
             if process.poll() is None:
