@@ -9,6 +9,7 @@ folder of images (--loader).
     KERAS_BACKEND=jax fastres-benchmark --depths 20 --variants type1
     fastres-benchmark --inference                       # ResNet-110 preact, type1
     fastres-benchmark --pipeline                        # augmentation images/s, 32 and 64
+    fastres-benchmark --serve                           # fastres-serve requests/s, latency
     fastres-benchmark --loader DIR --image-size 64 --workers 1,2   # decoding images/s
 
 Under KERAS_BACKEND=jax or torch the models train with Keras's own train step on that backend.
@@ -23,7 +24,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from keras_fastres import batch_norm
-from keras_fastres.benchmarks import accelerator, inference, loader, pipeline, training
+from keras_fastres.benchmarks import accelerator, inference, loader, pipeline, serve, training
 from keras_fastres.benchmarks.report import format_markdown, format_table
 from keras_fastres.commands.output import print_progress, run_command
 from keras_fastres.config import PRECISIONS
@@ -72,6 +73,10 @@ def main(argv=None):
                         help="time the training input pipeline alone (one epoch of 50,000 "
                              "random 32x32 images per round, then of 64x64 ones; --batch-size "
                              "and --rounds apply)")
+    parser.add_argument("--serve", action="store_true",
+                        help="time fastres-serve (needs the serve extra): requests/s and "
+                             "latency of a ResNet-20 type1 SavedModel under 1 and 8 concurrent "
+                             "clients (--rounds applies)")
     parser.add_argument("--loader", metavar="DIR",
                         help="time a first load of a folder of images into the cache (as "
                              "fastres-train --data DIR; --image-size, --workers and --rounds "
@@ -126,6 +131,10 @@ def benchmark(args):
         print(f"The report{' (quick)' if args.quick else ''}: training speed, steps per call "
               f"and data placement on this device.", file=sys.stderr)
         report = accelerator.run_report(args.quick, progress=print_progress)
+    elif args.serve:
+        print(f"Benchmarking fastres-serve: 1 and 8 clients, {args.rounds} rounds.",
+              file=sys.stderr)
+        report = serve.run_serve_benchmark(rounds=args.rounds, progress=print_progress)
     elif args.loader:
         print(f"Benchmarking loading {args.loader} at {args.image_size}x{args.image_size}: "
               f"{args.rounds} rounds.", file=sys.stderr)
@@ -157,7 +166,7 @@ def benchmark(args):
         text = accelerator.format_report(report)
     else:
         layout = {"training": training, "inference": inference, "pipeline": pipeline,
-                  "loader": loader}[report["kind"]]
+                  "loader": loader, "serve": serve}[report["kind"]]
         text = (format_markdown if args.markdown else format_table)(
             report, layout.COLUMNS, layout.summary(report))
     print(text)

@@ -38,8 +38,8 @@ def decode_one(data, index, height, width, resize):
     naming `index` when it is not one of the four formats."""
     known = tf.reduce_any(tf.stack([_starts_with(data, magic) for magic in MAGIC.values()]))
     check = tf.debugging.Assert(known, [tf.strings.format(
-        "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image (send the file's bytes, base64 "
-        "in JSON)", index)])
+        "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image (send the bytes of the file, "
+        "base64 in JSON)", index)])
     with tf.control_dependencies([check]):
         image = tf.cond(_starts_with(data, MAGIC["JPEG"]),
                         lambda: _decode_jpeg(data, height, width),

@@ -1,0 +1,148 @@
+"""Requests/s and latency of `fastres-serve` (`fastres-benchmark --serve`): a FastResNet's
+SavedModel (random weights: speed does not depend on them) served on a free local port by the
+command itself, in a process of its own, and asked for one base64 PNG per request by 1 and by 8
+concurrent clients, the two loads interleaved round by round."""
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from keras_fastres import models
+from keras_fastres.console import check_positive_integers
+from keras_fastres.machine import describe_device
+from keras_fastres.serving.export import export_saved_model
+
+CONCURRENCY = (1, 8)
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _request(url, body):
+    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60) as answer:
+        answer.read()
+        return answer.status
+
+
+def _load(url, body, clients, requests_per_client):
+    """(requests/s, [latency in ms of each request]) of `clients` threads each sending
+    `requests_per_client` requests one after the other."""
+    latencies, failures = [], []
+
+    def client():
+        for _ in range(requests_per_client):
+            start = time.perf_counter()
+            try:
+                status = _request(url, body)
+            except (urllib.error.URLError, OSError) as error:
+                failures.append(str(error))
+                continue
+            latencies.append(1000 * (time.perf_counter() - start))
+            if status != 200:
+                failures.append(str(status))
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} requests to fastres-serve failed: {failures[0]}")
+    return clients * requests_per_client / (time.perf_counter() - start), latencies
+
+
+def run_serve_benchmark(depth=20, variant="type1", rounds=5, requests_per_client=25,
+                        progress=None):
+    """Starts fastres-serve on a new export and times it under 1 and 8 clients, `rounds`
+    rounds each (interleaved); returns the report (requests/s: median of rounds; latency
+    percentiles over every request)."""
+    check_positive_integers(depth=depth, rounds=rounds, requests_per_client=requests_per_client)
+    progress = progress or (lambda message: None)
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    from PIL import Image
+    Image.fromarray(pixels).save(png, format="PNG")
+    body = json.dumps({"instances": [{"b64": base64.b64encode(png.getvalue()).decode()}]})
+    with tempfile.TemporaryDirectory(prefix="fastres-serve-") as folder:
+        progress(f"exporting ResNet-{depth} {variant} and starting fastres-serve")
+        export_saved_model(models.FastResNet(depth, variant), Path(folder) / "model")
+        port = _free_port()
+        log = open(Path(folder) / "server.log", "w")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "keras_fastres.commands.serve", str(Path(folder) / "model"),
+             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        url = f"http://127.0.0.1:{port}/v1/models/model"
+        try:
+            _wait_until_ready(url, server, Path(folder) / "server.log")
+            _load(url + ":predict", body.encode(), 1, 3)  # warm up
+            per_round = {clients: [] for clients in CONCURRENCY}
+            latencies = {clients: [] for clients in CONCURRENCY}
+            for round_index in range(1, rounds + 1):
+                progress(f"round {round_index}/{rounds}")
+                for clients in CONCURRENCY:
+                    speed, times = _load(url + ":predict", body.encode(), clients,
+                                         requests_per_client)
+                    per_round[clients].append(speed)
+                    latencies[clients] += times
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            log.close()
+    results = [{"depth": depth, "variant": variant, "clients": clients,
+                "requests": rounds * clients * requests_per_client,
+                "requests_per_second": statistics.median(per_round[clients]),
+                "requests_per_second_per_round": per_round[clients],
+                "latency_ms_p50": float(np.percentile(latencies[clients], 50)),
+                "latency_ms_p99": float(np.percentile(latencies[clients], 99))}
+               for clients in CONCURRENCY]
+    return {"kind": "serve", "device": describe_device(), "rounds": rounds, "results": results}
+
+
+def _wait_until_ready(url, server, log, timeout=180):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if _request_get(url) == 200:
+                return
+        except (urllib.error.URLError, OSError):
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"fastres-serve did not start: {log.read_text()[-500:]}")
+        time.sleep(0.5)
+
+
+def _request_get(url):
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return answer.status
+
+
+COLUMNS = (("depth", "depth", "{}"), ("variant", "variant", "{}"), ("clients", "clients", "{}"),
+           ("requests", "requests", "{:,}"), ("requests/s", "requests_per_second", "{:.0f}"),
+           ("p50 ms", "latency_ms_p50", "{:.1f}"), ("p99 ms", "latency_ms_p99", "{:.1f}"))
+
+
+def summary(report):
+    return (f"{report['device']}; fastres-serve (KServe) on one local port, one 32x32 PNG "
+            f"(base64) per request; requests/s the median of {report['rounds']} rounds, "
+            f"latency over every request")

@@ -1,0 +1,43 @@
+"""fastres-serve: an exported SavedModel served over HTTP with TF Serving's REST API, on
+KServe's Python model server (serving/server.py; `pip install "keras-fastres[serve]"`)."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from keras_fastres.commands.output import run_command
+from keras_fastres.console import HelpFormatter, positive_integer, program
+
+DEFAULT_PORT = 8501  # TF Serving's REST port
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog=program("keras_fastres.commands.serve"), formatter_class=HelpFormatter,
+        description="Serve an exported SavedModel (its newest version) over HTTP with TF "
+                    "Serving's REST API: GET /v1/models/NAME, POST /v1/models/NAME:predict "
+                    'with {"instances": [{"b64": ...}]} or pixel arrays. Ctrl-C or SIGTERM '
+                    "stops it after the requests in flight.")
+    parser.add_argument("export_dir", metavar="EXPORT_DIR",
+                        help="a SavedModel written by fastres-export, or its base of versions")
+    parser.add_argument("--port", type=positive_integer, default=DEFAULT_PORT,
+                        help="the HTTP port (default: TF Serving's 8501)")
+    parser.add_argument("--model-name", default=None,
+                        help="the NAME in the URLs (default: the export folder's name)")
+    args = parser.parse_args(argv)
+    if args.port > 65535:
+        parser.error(f"--port must be 1 to 65535, got {args.port}")
+    root = Path(args.export_dir)
+    name = args.model_name or (root.parent.name if root.name.isdigit() else root.name)
+
+    def serve():
+        from keras_fastres.serving.server import serve as start
+        print(f"Serving {root} as {name!r}: http://localhost:{args.port}/v1/models/{name} "
+              f"(TF Serving's REST API); Ctrl-C to stop.", flush=True)
+        start(root, args.port, name)
+        print("Stopped.")
+    return run_command(serve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

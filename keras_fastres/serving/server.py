@@ -1,0 +1,141 @@
+"""An exported SavedModel served over HTTP with TF Serving's REST API (`fastres-serve`), on
+KServe's Python model server, whose V1 protocol is that API: the same `FastResModel` class
+deploys as a KServe InferenceService, which scales out on Kubernetes.
+
+    GET  /v1/models/NAME            {"name": NAME, "ready": true}
+    POST /v1/models/NAME:predict    {"instances": [...], "signature_name": ...}
+         instances: {"b64": "<base64 of a JPEG/PNG/GIF/BMP file>"} each (serving_bytes), or
+         pixel arrays [H][W][3] (serving_default, uint8; serving_float with that name)
+         -> {"predictions": [{"probabilities": [...], "classes": i, "class_name": "..."}]}
+
+A request the model cannot answer (bad base64, no image, a wrong shape, a pixel out of range)
+gets 400 with one line saying why, and the server goes on. Requests run in worker threads
+(TensorFlow releases the GIL), so concurrent clients are served together. SIGTERM or Ctrl-C:
+the server stops taking requests, finishes those in flight, and exits.
+"""
+
+import asyncio
+import base64
+import binascii
+import json
+import re
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from keras_fastres.errors import tensorflow_reason
+from keras_fastres.serving.predict import find_saved_model, load_serving_function
+
+SIGNATURES = ("serving_default", "serving_float", "serving_bytes")
+
+
+def _kserve():
+    """kserve, imported with an empty command line: it parses sys.argv when imported."""
+    try:
+        argv, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            import kserve
+        finally:
+            sys.argv = argv
+    except ImportError:
+        raise ImportError('fastres-serve needs KServe: pip install "keras-fastres[serve]".') \
+            from None
+    return kserve
+
+
+def model_class():
+    """FastResModel, a kserve.Model (defined on first use: KServe is an optional extra)."""
+    kserve = _kserve()
+    invalid = kserve.errors.InvalidInput
+
+    class FastResModel(kserve.Model):
+        """A fastres-export SavedModel (a version, or the newest of a base) as a KServe model."""
+
+        def __init__(self, name, export_dir):
+            super().__init__(name)
+            self.export_dir = export_dir
+            self.signatures = None
+
+        def load(self):
+            path = find_saved_model(self.export_dir)
+            load_serving_function(path)  # checked to be fastres-export's
+            self.signatures = tf.saved_model.load(str(path)).signatures
+            self.path = path
+            self.ready = True
+            return self.ready
+
+        async def predict(self, payload, headers=None):
+            signature, inputs = self.inputs(payload)
+            try:
+                outputs = await asyncio.to_thread(self.signatures[signature], **inputs)
+            except tf.errors.InvalidArgumentError as error:
+                raise invalid(_reason(error)) from None
+            names = sorted(outputs)
+            values = {name: outputs[name].numpy() for name in names}
+            return {"predictions": [{name: _plain(values[name][i]) for name in names}
+                                    for i in range(len(values[names[0]]))]}
+
+        def inputs(self, payload):
+            """(signature name, its keyword inputs) of a V1 request, or InvalidInput."""
+            if isinstance(payload, (bytes, str)):  # a body sent without a JSON content type
+                try:                               # (curl -d): TF Serving reads it as JSON too
+                    payload = json.loads(payload)
+                except ValueError:
+                    raise invalid("the request is not JSON") from None
+            if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+                raise invalid('the request must be JSON {"instances": [...]}')
+            instances = payload["instances"]
+            if not instances:
+                raise invalid("no instances in the request")
+            encoded = [isinstance(item, dict) and set(item) == {"b64"} for item in instances]
+            name = payload.get("signature_name") or (
+                "serving_bytes" if all(encoded) else "serving_default")
+            if name not in self.signatures:
+                raise invalid(f"signature_name {name!r} is not one of {SIGNATURES}")
+            if name == "serving_bytes":
+                if not all(encoded):
+                    raise invalid('serving_bytes takes instances {"b64": "<base64 of an image '
+                                  'file>"}')
+                try:
+                    files = [base64.b64decode(item["b64"], validate=True) for item in instances]
+                except (binascii.Error, ValueError, TypeError):
+                    raise invalid("an instance's b64 is not base64 text") from None
+                return name, {"image_bytes": tf.constant(files)}
+            dtype = np.uint8 if name == "serving_default" else np.float32
+            try:
+                pixels = np.asarray(instances, dtype=np.float64)
+            except (ValueError, TypeError):
+                raise invalid("instances must be pixel arrays [H][W][3] of numbers, or "
+                              '{"b64": ...} images') from None
+            if dtype == np.uint8 and (np.any(pixels < 0) or np.any(pixels > 255)
+                                      or np.any(pixels != np.round(pixels))):
+                raise invalid("serving_default takes whole pixel values 0-255")
+            return name, {"images": tf.constant(pixels.astype(dtype))}
+
+    return FastResModel
+
+
+def _reason(error):
+    """The one line of a refused request: the model's own assertion message, as written."""
+    line = tensorflow_reason(error.message)
+    found = re.fullmatch(r"assertion failed: \[(.*?)\](?: \[.*)?", line)
+    return (found.group(1) if found else line).replace("\\'", "'")[:300]
+
+
+def _plain(value):
+    """A JSON value of one output element."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value.item() if hasattr(value, "item") else value
+
+
+def serve(export_dir, port=8501, model_name=None):
+    """Serves the SavedModel of `export_dir` (its newest version) until SIGTERM or Ctrl-C."""
+    kserve = _kserve()
+    model = model_class()(model_name, export_dir)
+    model.load()
+    kserve.ModelServer(http_port=port, enable_grpc=False, workers=1,
+                       enable_latency_logging=False, grace_period=5).start([model])

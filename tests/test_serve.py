@@ -1,0 +1,151 @@
+"""fastres-serve as a client meets it: started on a free local port (a process of its own, since
+the process is what is tested), TF Serving's REST API, base64 images in, class names out, bad
+requests answered 400 while it goes on serving, concurrent clients, SIGTERM."""
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from keras_fastres.serving.predict import predict
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def call(url, body=None, timeout=60):
+    """(status, JSON answer) of a GET (no body) or a POST of `body` (a dict or bytes)."""
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data),
+                                    timeout=timeout) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+# As a user's shell starts it: the tests' own quieting of TensorFlow left out.
+USER_ENV = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+@pytest.fixture
+def server(digits_run, tmp_path):
+    """fastres-serve on the digits run's export: (base URL of the model, the process, its
+    output file). Its output goes to a file: a server logs every request, and a pipe nobody
+    reads would fill and stop it."""
+    _, run = digits_run
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "keras_fastres.commands.serve", str(run / "export"),
+             "--port", str(port), "--model-name", "digits"], stdout=output,
+            stderr=subprocess.STDOUT, text=True, env=USER_ENV)
+    url = f"http://127.0.0.1:{port}/v1/models/digits"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            status, answer = call(url, timeout=5)
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert process.poll() is None and time.monotonic() < deadline, (
+                log.read_text()[-3000:])
+            time.sleep(0.5)
+    assert (status, answer) == (200, {"name": "digits", "ready": True})
+    yield url, process, log
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def encoded(path):
+    return {"b64": base64.b64encode(path.read_bytes()).decode()}
+
+
+def test_it_answers_like_predict_refuses_bad_requests_and_stops_on_sigterm(digits_run, server):
+    root, run = digits_run
+    url, process, log = server
+    files = sorted((root / "test" / "three").glob("*.*"))[:2] + sorted(
+        (root / "test" / "eight").glob("*.*"))[:2]
+    status, answer = call(url + ":predict", {"instances": [encoded(f) for f in files]})
+    assert status == 200, answer
+    expected = [classes[0][0] for _, classes in predict(run / "export", files, top=1)]
+    assert [p["class_name"] for p in answer["predictions"]] == expected
+    assert all(len(p["probabilities"]) == 10 and 0 <= p["classes"] < 10
+               for p in answer["predictions"])
+
+    for body, reason in (
+            ({"instances": [{"b64": "!! not base64"}]}, "not base64 text"),
+            ({"instances": [{"b64": base64.b64encode(b"hello").decode()}]},
+             "image_bytes[0] is not a JPEG, PNG, GIF or BMP image"),
+            (b"{not json", "not JSON"),
+            ({"instances": [[[[300, 0, 0]] * 16] * 16]}, "whole pixel values 0-255"),
+            ({"signature_name": "serving_float", "instances": [[[[300.0, 0, 0]] * 16] * 16]},
+             "got a value above 255"),
+            ({"instances": [[[[3, 0, 0]] * 16] * 12]}, "must have shape [batch, 16, 16, 3]"),
+            ({"signature_name": "nope", "instances": [encoded(files[0])]}, "is not one of")):
+        status, answer = call(url + ":predict", body)
+        assert status == 400 and reason in answer["error"], (status, answer)
+        assert "\n" not in answer["error"]
+    status, answer = call(url + ":predict", {"instances": [encoded(files[0])]})
+    assert status == 200 and answer["predictions"][0]["class_name"] == expected[0]
+    pixels = {"instances": [[[[0, 0, 0]] * 16] * 16]}  # serving_default's pixel arrays
+    assert call(url + ":predict", pixels)[0] == 200
+
+    # 8 clients at once, 25 requests each.
+    statuses = []
+
+    def client():
+        for _ in range(25):
+            statuses.append(call(url + ":predict", {"instances": [encoded(files[1])]})[0])
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 200
+
+    start = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    output = log.read_text()
+    assert time.monotonic() - start < 10 and process.returncode == 0, output[-2000:]
+    assert output.startswith("Serving ") and output.rstrip().endswith("Stopped.")
+
+
+def test_a_folder_without_a_savedmodel_is_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "keras_fastres.commands.serve", str(tmp_path),
+                           "--port", str(free_port())], capture_output=True, text=True,
+                          timeout=120, env=USER_ENV)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: No model in {tmp_path}") and (
+        done.stderr.count("\n") == 1), done.stderr
+
+
+def test_the_serve_benchmark_counts_what_it_sent(tmp_path, capsys):
+    """Few requests: the report's structure and arithmetic, not a speed (the README's numbers
+    come from `fastres-benchmark --serve`)."""
+    from keras_fastres.commands.benchmark import main
+    assert main(["--serve", "--rounds", "2", "--json", str(tmp_path / "serve.json")]) == 0
+    report = json.loads((tmp_path / "serve.json").read_text())
+    one, eight = report["results"]
+    assert (one["clients"], eight["clients"]) == (1, 8)
+    assert (one["requests"], eight["requests"]) == (2 * 25, 2 * 8 * 25)
+    for result in (one, eight):
+        assert len(result["requests_per_second_per_round"]) == 2
+        assert result["requests_per_second"] == pytest.approx(
+            sum(result["requests_per_second_per_round"]) / 2)  # the median of two
+        assert 0 < result["latency_ms_p50"] <= result["latency_ms_p99"]
+    assert "requests/s" in capsys.readouterr().out
