@@ -100,3 +100,11 @@ def test_a_string_that_is_no_image_is_named_by_its_index(tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"image_bytes\[1\] is not a JPEG, PNG, GIF or BMP image"):
         serve(image_bytes=tf.constant([images[0], b"garbage, not an image", images[1]]))
+    for index, image in enumerate(images):  # a PNG, then a JPEG, each cut short
+        batch = list(images)
+        batch[index] = image[:len(image) // 2]
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=rf"image_bytes\[{index}\] is a truncated or damaged image"):
+            serve(image_bytes=tf.constant(batch))
+    # Bytes after a JPEG's end (some cameras append a trailer) are no truncation.
+    assert serve(image_bytes=tf.constant([images[1] + b"trailer"]))["classes"].shape == (1,)

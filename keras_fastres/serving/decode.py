@@ -9,6 +9,8 @@ What the loader does, in TensorFlow ops:
 - the resize mode: stretch, crop (the centred window of the target's aspect) or pad (scaled to
   fit, centred on zeros), with the bilinear filter widened by the reduction (antialiased),
   rounded to uint8.
+A string that is no such image, or a truncated one (a JPEG whose last scan has no end marker, a
+PNG without its IEND chunk, a GIF without its trailer), fails naming its index in the batch.
 Not done in the graph: EXIF orientation (a phone's sideways JPEG is classified as stored: send
 upright images), and formats other than these four.
 """
@@ -33,14 +35,38 @@ def _decode_jpeg(data, height, width):
                                   for ratio in (1, 2, 4, 8)])
 
 
+def _contains(data, marker):
+    return tf.size(tf.strings.split(data, sep=marker)) > 1
+
+
+def _complete(data):
+    """Whether an image file ends as its format says: a JPEG's last scan (after its last SOS
+    marker) followed by the end-of-image marker, a PNG's IEND chunk at its end, a GIF's
+    trailer byte. (A decoder's own error for a truncated file does not say which image of the
+    batch it was.)"""
+    length = tf.strings.length(data)
+    jpeg_tail = tf.strings.split(data, sep=b"\xff\xda")[-1]
+    return tf.case([
+        (_starts_with(data, MAGIC["JPEG"]), lambda: _contains(jpeg_tail, b"\xff\xd9")),
+        (_starts_with(data, MAGIC["PNG"]),
+         lambda: tf.equal(tf.strings.substr(data, tf.maximum(length - 8, 0), 4), b"IEND")),
+        (_starts_with(data, MAGIC["GIF"]),
+         lambda: tf.equal(tf.strings.substr(data, tf.maximum(length - 1, 0), 1), b";"))],
+        default=lambda: tf.constant(True))
+
+
 def decode_one(data, index, height, width, resize):
     """uint8 [height, width, 3] of one encoded image `data` (a scalar string), or an error
-    naming `index` when it is not one of the four formats."""
+    naming `index` when it is not one of the four formats, or is a truncated one."""
     known = tf.reduce_any(tf.stack([_starts_with(data, magic) for magic in MAGIC.values()]))
     check = tf.debugging.Assert(known, [tf.strings.format(
         "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image (send the bytes of the file, "
         "base64 in JSON)", index)])
     with tf.control_dependencies([check]):
+        whole = tf.debugging.Assert(_complete(data), [tf.strings.format(
+            "image_bytes[{}] is a truncated or damaged image file (it does not end as its "
+            "format requires)", index)])
+    with tf.control_dependencies([check, whole]):
         image = tf.cond(_starts_with(data, MAGIC["JPEG"]),
                         lambda: _decode_jpeg(data, height, width),
                         lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
