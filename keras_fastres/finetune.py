@@ -3,9 +3,11 @@ weights of a trained FastResNet of the same depth, variant and shortcut. Convolu
 do not depend on the image size, so they load at any size; a classifier of another class count
 is replaced (newly initialised); the input normalisation is the new data's."""
 
+import json
+import zipfile
 from pathlib import Path
 
-from keras_fastres.models import load_model
+from keras_fastres.models import MODEL_FILE, load_model
 
 KEPT_FROM_NEW_DATA = ("normalization",)  # layers whose values come from the new data
 CLASSIFIER = "predictions"
@@ -43,6 +45,33 @@ def initialize_from(model, path):
                        f"had, now named by the new data")
     return (f"Initialised from {Path(path)}: {loaded} layers loaded, {classifier}; the input "
             f"normalisation is the new training images'.")
+
+
+def check_network(path, depth, variant, shortcut):
+    """A ValueError when the FastResNet at `path` (a run folder or a .keras file) is not of
+    this `depth`, `variant` and `shortcut`, read from the file's config without building it:
+    before a run decodes its data. (A file that is no FastResNet, or cannot be read, is left
+    to `initialize_from`, which names what is wrong.)"""
+    model_file = Path(path) / MODEL_FILE if Path(path).is_dir() else Path(path)
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            info = archive.getinfo("config.json")
+            if info.file_size > 2 ** 20:
+                return
+            config = json.loads(archive.read(info))
+        arguments = config["config"] if config.get("class_name") == "FastResNet" else None
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        return
+    if not isinstance(arguments, dict):
+        return
+    theirs = {name: arguments.get(name) for name in ("depth", "variant", "shortcut")}
+    ours = {"depth": depth, "variant": variant, "shortcut": shortcut}
+    if theirs != ours:
+        differ = "; ".join(f"{name} {theirs[name]!r} here {ours[name]!r}" for name in ours
+                           if theirs[name] != ours[name])
+        raise ValueError(f"--init-from {path}: its network differs from this run's ResNet-{depth} "
+                         f"{variant} ({differ}); fine-tuning needs the same --depth, --variant "
+                         f"and --shortcut.")
 
 
 def _weighted(model):

@@ -45,7 +45,7 @@ from keras_fastres.config import (
 )
 from keras_fastres.data.summary import data_summary, summary_lines
 from keras_fastres.errors import FastResWarning, stop_on_sigterm, summary
-from keras_fastres.finetune import initialize_from
+from keras_fastres.finetune import check_network, initialize_from
 from keras_fastres.lock import folder_lock
 from keras_fastres.machine import (
     describe_device,
@@ -156,6 +156,8 @@ def train(config: TrainConfig, progress=None) -> dict:
 def _train(config, run_dir, strategy, chief, progress):
     """The run in five phases: its seed and backup, its data, its model, training, outputs."""
     backup, seed = _prepare(config, run_dir, strategy, chief)
+    if config.init_from:  # before the data is decoded
+        check_network(config.init_from, config.depth, config.variant, config.shortcut)
     images = _load_data(config, seed, backup, run_dir, strategy.num_replicas_in_sync, progress)
     normalization = (images.name if data.is_cifar(images.name)
                      else data.channel_statistics(images.train.images))

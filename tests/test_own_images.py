@@ -8,6 +8,7 @@ import os
 import re
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,8 +199,11 @@ def test_fine_tuning_another_network_is_refused_naming_what_differs(tmp_path, ca
                           "--epochs", "1", "--init-from", str(tmp_path / "other.keras"), "--output-dir",
                           str(tmp_path / "run")])
     error = capsys.readouterr().err
-    assert code == 2 and "differs from this run's ResNet-8 type1" in error, error
+    assert code == 2 and "differs from this run's ResNet-8 type1 (depth 14 here 8)" in error, error
     assert "same --depth, --variant and --shortcut" in error and error.count("\n") == 1
+    # Refused before the folder is decoded: no cache entry holds it.
+    manifests = Path(os.environ["KERAS_FASTRES_CACHE"]).glob("folders/*/manifest.json")
+    assert not any(str(tmp_path / "images") in path.read_text() for path in manifests)
 
 
 def test_a_tfds_catalog_data_set_trains_through_the_command_line(tmp_path, capsys):
