@@ -120,8 +120,8 @@ class Backup(keras.callbacks.Callback):
         free = shutil.disk_usage(self.directory).free
         if free < needed:
             raise OSError(f"No room for the backup of epoch {finished_epochs} in "
-                          f"{self.directory}: it needs about {needed / 2 ** 20:.0f} MB and "
-                          f"{free / 2 ** 20:.0f} MB are free. Make room and run the same "
+                          f"{self.directory}: it needs about {_megabytes(needed)} and "
+                          f"{_megabytes(free)} are free. Make room and run the same "
                           f"command again: the run continues from its last backup.")
         try:
             temporary.mkdir()
@@ -170,3 +170,9 @@ def sync(path):
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _megabytes(count):
+    """Bytes in MB with the decimals that keep two different counts apart ("2.4 MB", not
+    "2 MB" for both of 2.4 and 1.6)."""
+    return f"{count / 2 ** 20:.0f} MB" if count >= 100 * 2 ** 20 else f"{count / 2 ** 20:.2f} MB"

@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 
 from keras_fastres import files
-from keras_fastres.errors import FastResWarning
+from keras_fastres.errors import FastResWarning, summary
 
 # The paper (after He et al. 2015): 0.1, divided by 10 at 50% and at 75% of training.
 MILESTONES = (0.5, 0.75)
@@ -144,11 +144,16 @@ class StopOnNonFinite(keras.callbacks.Callback):
 def _write_history(path, rows):
     """Replaces the history file with `rows`, atomically."""
     temporary = files.temporary_sibling(path)
-    with open(temporary, "w", newline="") as file:
-        writer = csv.DictWriter(file, HistoryCSV.COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, HistoryCSV.COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(temporary, path)
+    except OSError as error:  # a full disk says "[Errno 28]" and no file: name it
+        Path(temporary).unlink(missing_ok=True)
+        raise OSError(f"Could not write {path}: {summary(error)}. Make room and run the same "
+                      f"command again: the run continues from its last backup.") from None
 
 
 def truncate_history(path, epochs):

@@ -95,3 +95,40 @@ def test_a_fine_tune_onto_other_class_names_says_so(tmp_path):
     np.testing.assert_array_equal(same.get_layer("predictions").get_weights()[0],
                                   new.get_layer("predictions").get_weights()[0])
     assert json.loads(json.dumps(said))  # one plain line
+
+
+def test_a_full_disk_names_the_file_or_folder_it_was_writing(tmp_path, monkeypatch):
+    import csv
+
+    from keras_fastres import backup, callbacks
+    from keras_fastres.serving import export
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(csv.DictWriter, "writerows", full)
+    with pytest.raises(OSError, match=rf"Could not write {tmp_path / 'history.csv'}: No space "
+                                      rf"left on device\. Make room"):
+        callbacks._write_history(tmp_path / "history.csv", [])
+    assert list(tmp_path.iterdir()) == []  # no half-written temporary left
+    with pytest.raises(OSError, match=rf"Could not write the export into {tmp_path / 'onnx'}: "
+                                      rf"No space left on device"):
+        export.publish(tmp_path / "onnx", "auto", full)
+    assert [p.name for p in (tmp_path / "onnx").iterdir()] == []
+    # The backup's room check keeps two sizes apart ("2 MB and 2 MB" said nothing).
+    assert (backup._megabytes(2.4 * 2 ** 20), backup._megabytes(1.6 * 2 ** 20)) == (
+        "2.40 MB", "1.60 MB")
+    assert backup._megabytes(300 * 2 ** 20) == "300 MB"
+
+
+def test_a_validation_fraction_a_test_folder_makes_moot_is_said(tmp_path):
+    from keras_fastres.data import load_image_folder
+    from keras_fastres.errors import FastResWarning
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / split / name / f"{i}.png")
+    with pytest.warns(FastResWarning, match=r"validation_fraction 0.3 .* has a test/ folder, "
+                                            r"which is the test split as it is"):
+        loaded = load_image_folder(tmp_path, 8, validation_fraction=0.3)
+    assert len(loaded.test.labels) == 4

@@ -46,6 +46,7 @@ __all__ = ["MAX_PIXELS", "decode_image", "load_image_folder", "list_images", "im
 
 SHOWN_SKIPPED = 5  # files named in a warning
 LOADER_VERSION = 2  # a new version (other pixels for the same files) misses every cache
+VALIDATION_FRACTION = 0.1  # the default hold-out of class folders
 PROCESS_FILES = 1000  # fewer files are decoded in this process: a worker's start costs more
 
 
@@ -272,6 +273,10 @@ def load_image_folder(directory: str | os.PathLike, image_size: int | Sequence[i
     start = time.perf_counter()
     root = Path(directory).expanduser()
     names, train, test, ignored, unreadable = list_images(root)
+    if test is not None and validation_fraction != VALIDATION_FRACTION:
+        warnings.warn(f"validation_fraction {validation_fraction} holds out part of class "
+                      f"folders; {root} has a test/ folder, which is the test split as it is "
+                      f"(the setting is ignored)", FastResWarning, stacklevel=2)
     if test is None:
         train_index, test_index = holdout(np.array([label for _, label in train]),
                                           validation_fraction, seed)

@@ -35,6 +35,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from keras_fastres.errors import summary, tensorflow_reason
 from keras_fastres.files import remove_leftovers, temporary_sibling
 from keras_fastres.machine import require_tensorflow_backend
 from keras_fastres.serving.decode import decode_batch
@@ -188,7 +189,10 @@ def publish(export_dir, version, write, kind=None):
             write(temporary)
         except tf.errors.OpError as error:  # a full disk under TensorFlow's writer
             raise OSError(f"Could not write the export into {place}: "
-                          f"{error.message.splitlines()[0]}") from None
+                          f"{tensorflow_reason(error.message)}") from None
+        except OSError as error:  # a full disk says "[Errno 28]" and no file: name the place
+            raise OSError(f"Could not write the export into {place}: {summary(error)}") \
+                from None
         while True:
             target = fixed or root / str(_next_version(root))
             try:
