@@ -128,7 +128,8 @@ def list_images(directory):
                                    f"folders (DIR/<class>/<images>, or DIR/train/<class>/... and "
                                    f"DIR/test/<class>/...).")
     train_root, test_root = root / "train", root / "test"
-    others = [p.name for p in _class_folders(root) if p.name not in ("train", "test")]
+    folders = _class_folders(root)
+    others = [p.name for p in folders if p.name not in ("train", "test")]
     if (train_root.is_dir() or test_root.is_dir()) and others:
         raise DataUnavailableError(
             f"{root} holds a {'train' if train_root.is_dir() else 'test'}/ folder beside other "
@@ -143,7 +144,7 @@ def list_images(directory):
         train_root, test_root = root, None
     elif not test_root.is_dir():
         test_root = None
-    classes = _class_folders(train_root)
+    classes = folders if train_root == root else _class_folders(train_root)
     if not classes:
         raise DataUnavailableError(
             f"{train_root} holds no class folders: put each class's images in a folder named "

@@ -62,23 +62,29 @@ def find_saved_model(export_dir):
     return found
 
 
-def load_serving_function(path):
-    """The `serving_default` signature of the SavedModel at `path`, checked to be one that
-    fastres-export wrote (uint8 `images` in): a `DamagedFile` when it cannot be loaded, a
+def load_signatures(path):
+    """The signatures of the SavedModel at `path`, checked to be one that fastres-export wrote
+    (serving_default takes uint8 `images`): a `DamagedFile` when it cannot be loaded, a
     ValueError when it is another kind of model, each naming the folder."""
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as error:  # damaged files fail in many ways (IndexError, DecodeError...)
         raise DamagedFile(f"{path} is not a complete SavedModel (truncated or damaged files?): "
                           f"{summary(error)[:200]}") from None
-    serve = getattr(loaded, "signatures", {}).get("serving_default")
+    signatures = getattr(loaded, "signatures", {})
+    serve = signatures.get("serving_default")
     inputs = serve.structured_input_signature[1] if serve is not None else {}
     if getattr(inputs.get("images"), "dtype", None) != tf.uint8:
         takes = ", ".join(f"{name} {spec.dtype.name}" for name, spec in inputs.items())
         raise ValueError(f"{path} is a SavedModel whose serving_default takes "
                          f"{takes or 'nothing'}, not the uint8 images of a fastres-export "
                          f"export; export the model with fastres-export.")
-    return serve
+    return signatures
+
+
+def load_serving_function(path):
+    """The `serving_default` signature of the SavedModel at `path` (`load_signatures`)."""
+    return load_signatures(path)["serving_default"]
 
 
 def load_image(path, height, width, resize="stretch"):

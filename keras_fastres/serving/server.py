@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres.errors import tensorflow_reason
-from keras_fastres.serving.predict import find_saved_model, load_serving_function
+from keras_fastres.serving.predict import find_saved_model, load_signatures
 
 SIGNATURES = ("serving_default", "serving_float", "serving_bytes")
 
@@ -58,10 +58,8 @@ def model_class():
             self.signatures = None
 
         def load(self):
-            path = find_saved_model(self.export_dir)
-            load_serving_function(path)  # checked to be fastres-export's
-            self.signatures = tf.saved_model.load(str(path)).signatures
-            self.path = path
+            self.path = find_saved_model(self.export_dir)
+            self.signatures = load_signatures(self.path)  # checked to be fastres-export's
             self.ready = True
             return self.ready
 
