@@ -101,32 +101,59 @@ def check_tf_config(text):
 # constructor, holding the GIL and deaf to Python's signal handlers, until every worker has
 # started. This process (no TensorFlow in it) waits for word that the join is done (its stdin
 # closing, also when the worker dies), and if none comes in time it says so and stops the worker.
+# SIGTERM or SIGHUP (a batch scheduler or `timeout` signals the whole process group; the worker
+# cannot answer them while it waits) stop the worker too, with a line that says why. They are
+# blocked from its start (the mask it inherits) until its handlers are in place: none is lost.
 WATCHDOG = """
 import os, select, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to answer
-worker, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-if not select.select([sys.stdin], [], [], timeout)[0]:
-    print(message, file=sys.stderr, flush=True)
+worker, timeout, message, stopped = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
+def stop(text):
+    print(text, file=sys.stderr, flush=True)
     os.kill(worker, signal.SIGKILL)
+    sys.exit(0)
+for number in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(number, lambda signum, frame: stop(stopped.format(signal.Signals(signum).name)))
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
+if not select.select([sys.stdin], [], [], timeout)[0]:
+    stop(message)
+for number in (signal.SIGTERM, signal.SIGHUP):  # joined: the worker answers them now
+    signal.signal(number, signal.SIG_IGN)
 """
+STOPPING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _join_cluster(timeout):
     """MultiWorkerMirroredStrategy, waiting at most `timeout` seconds for every worker of
     TF_CONFIG to start: after that a watchdog process prints one line and stops this one
-    (exit status 137). Ctrl-C stops the wait at once. (SIGTERM does not: TensorFlow's own
-    preemption notifier takes it while the cluster assembles.)"""
+    (exit status 137). Ctrl-C stops the wait at once; SIGTERM or SIGHUP to the process group
+    stops it through the watchdog (exit status 137, one line that names the signal)."""
     addresses = ", ".join(check_tf_config(os.environ.get("TF_CONFIG")))
     message = (f"error: The cluster did not assemble within {timeout:g} s: not every worker of "
                f"TF_CONFIG ({addresses}) started. Start the same command on each of them (or "
                f"raise --cluster-timeout).")
-    watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(timeout),
-                                 message], stdin=subprocess.PIPE)
-    interrupt = signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python's handler cannot run
+    stopped = (f"error: Stopped by {{}} while waiting for the cluster (TF_CONFIG: {addresses}) "
+               f"to assemble; nothing was trained.")
+    # Python's handlers cannot run during the join: Ctrl-C stops it by default, and SIGTERM and
+    # SIGHUP are the watchdog's to answer (caught here by a handler that does nothing: an
+    # ignored signal would stay ignored in the watchdog, a caught one is reset to its default).
+    handlers = {number: signal.signal(number, lambda signum, frame: None) for number in STOPPING}
+    handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)  # inherited by the watchdog
+    try:
+        watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()),
+                                     str(timeout), message, stopped], stdin=subprocess.PIPE)
+    except BaseException:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
     finally:
-        signal.signal(signal.SIGINT, interrupt)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
         watchdog.stdin.close()
         watchdog.wait()
 

@@ -10,6 +10,7 @@ if "KERAS_FASTRES_CACHE" not in os.environ:
 
 import io
 import pickle
+import socket
 import tarfile
 import time
 from pathlib import Path
@@ -55,6 +56,17 @@ def write_cifar_archive(directory, name, train, test, packed=True):
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
     return path
+
+
+def free_ports(count):
+    """`count` local TCP ports that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def wait_for_backup(run_dir, process, generations=1, timeout=300):

@@ -7,7 +7,6 @@ GPUs, and `--strategy multi-worker` with TF_CONFIG naming localhost ports standi
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from keras_fastres.commands.train import main
 from keras_fastres.config import TrainConfig, check_parallel_settings
 from keras_fastres.distribute import is_chief, make_strategy
 
-from conftest import WeightRecorder, wait_for_backup
+from conftest import WeightRecorder, free_ports, wait_for_backup
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = str(ROOT / "recipes" / "cifar10.py")
@@ -28,16 +27,6 @@ RECORDER = str(ROOT / "tests" / "record_weights.py")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 SMALL = ["--synthetic", "--synthetic-size", "64", "16", "--depth", "8", "--batch-size", "32",
          "--seed", "0"]
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def tf_config(ports, index):

@@ -23,7 +23,7 @@ from keras_fastres.errors import FastResWarning, tensorflow_reason
 from keras_fastres.lock import Busy, folder_lock
 from keras_fastres.run import write_outputs
 
-from conftest import wait_for_backup, write_cifar_archive
+from conftest import free_ports, wait_for_backup, write_cifar_archive
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = str(ROOT / "recipes" / "cifar10.py")
@@ -218,20 +218,52 @@ def test_sigterm_stops_after_the_current_step_and_the_run_continues(tmp_path, ca
     assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [1, 2, 3]
 
 
-def test_a_worker_whose_cluster_never_assembles_stops_after_the_timeout(tmp_path):
-    config = json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
-                         "task": {"type": "worker", "index": 0}})
+def children(pid):
+    """The PIDs of `pid`'s child processes (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_worker_whose_cluster_never_assembles_stops_after_the_timeout_or_on_sigterm(tmp_path):
+    """Two workers of clusters that never assemble, side by side: one stops after its
+    --cluster-timeout; the other, in a process group of its own, is sent SIGTERM as a batch
+    scheduler or `timeout` sends it (to the group: the watchdog gets it too) and stops at once."""
+    addresses = [f"localhost:{port}" for port in free_ports(4)]
+
+    def worker(timeout, name, ports):
+        config = {"cluster": {"worker": ports}, "task": {"type": "worker", "index": 0}}
+        return subprocess.Popen([sys.executable, RECIPE, *SMALL, "--strategy", "multi-worker",
+                                 "--cluster-timeout", str(timeout), "--output-dir",
+                                 str(tmp_path / name)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**ENV, "TF_CONFIG": json.dumps(config)})
     start = time.monotonic()
-    result = subprocess.run([sys.executable, RECIPE, *SMALL, "--strategy", "multi-worker",
-                             "--cluster-timeout", "3", "--output-dir", str(tmp_path / "run")],
-                            capture_output=True, text=True, timeout=120,
-                            env={**ENV, "TF_CONFIG": config})
+    timed = worker(3, "timed", addresses[:2])
+    signalled = worker(600, "signalled", ports := addresses[2:])
+    while not children(signalled.pid) and time.monotonic() - start < 60:  # the watchdog
+        time.sleep(0.05)
+    assert children(signalled.pid), "the worker never started its watchdog"
+    os.killpg(signalled.pid, signal.SIGTERM)
+    _, stderr = signalled.communicate(timeout=30)
+    assert signalled.returncode == -signal.SIGKILL
+    assert stderr.strip() == (
+        f"error: Stopped by SIGTERM while waiting for the cluster (TF_CONFIG: {ports[0]}, "
+        f"{ports[1]}) to assemble; nothing was trained.")
+    _, stderr = timed.communicate(timeout=120)
     assert time.monotonic() - start < 60
-    assert result.returncode == -signal.SIGKILL
-    assert result.stderr.strip() == (
-        "error: The cluster did not assemble within 3 s: not every worker of TF_CONFIG "
-        "(localhost:1, localhost:2) started. Start the same command on each of them (or raise "
-        "--cluster-timeout).")
+    assert timed.returncode == -signal.SIGKILL
+    assert stderr.strip() == (
+        f"error: The cluster did not assemble within 3 s: not every worker of TF_CONFIG "
+        f"({addresses[0]}, {addresses[1]}) started. Start the same command on each of them (or "
+        f"raise --cluster-timeout).")
+    assert not (tmp_path / "timed").exists() and not (tmp_path / "signalled").exists()
 
 
 @pytest.mark.parametrize("value, message", [
