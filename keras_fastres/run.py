@@ -44,7 +44,7 @@ from keras_fastres.config import (
     value_of_word,
 )
 from keras_fastres.data.summary import data_summary, summary_lines
-from keras_fastres.errors import FastResWarning, stop_on_sigterm, summary
+from keras_fastres.errors import FastResWarning, Terminated, stop_on_sigterm, summary
 from keras_fastres.finetune import check_network, initialize_from
 from keras_fastres.lock import folder_lock
 from keras_fastres.machine import (
@@ -111,8 +111,9 @@ def check_not_finished(run_dir):
     """RunRefused when `run_dir` holds a finished run: its metrics.json (written last), or a
     model.keras with no backup to continue from (a finished run whose metrics.json was lost:
     a run writes model.keras while its backup is still there, and removes the backup only
-    after metrics.json)."""
+    after metrics.json). What killed writers left there is removed first."""
     if (run_dir / "metrics.json").exists():
+        files.remove_leftovers(run_dir)  # e.g. half of a backup being removed when killed
         raise RunRefused(f"{run_dir} already holds a finished run; pass another output "
                          f"directory or delete it to train again.")
     if (run_dir / MODEL_FILE).exists() and not Backup(run_dir / "backup").generations():
@@ -148,9 +149,14 @@ def train(config: TrainConfig, progress=None) -> dict:
                                         config.cluster_timeout)
     chief = distribute.is_chief(strategy)
     # After the strategy: TensorFlow's multi-worker runtime installs a SIGTERM handler of its own.
-    with stop_on_sigterm(), run_lock(run_dir) if chief else contextlib.nullcontext():
-        check_not_finished(run_dir)  # again: another process may have just finished it
-        return _train(config, run_dir, strategy, chief, progress)
+    try:
+        with stop_on_sigterm(), run_lock(run_dir) if chief else contextlib.nullcontext():
+            check_not_finished(run_dir)  # again: another process may have just finished it
+            return _train(config, run_dir, strategy, chief, progress)
+    except Terminated:
+        if chief and (run_dir / "metrics.json").exists():  # stopped as it ended: finish tidying
+            remove_backup(run_dir)
+        raise
 
 
 def _train(config, run_dir, strategy, chief, progress):
@@ -440,7 +446,17 @@ def write_outputs(model, config, metrics, history):
                         title=f"{config.data_name()}, ResNet-{config.depth} {config.variant}")
     with _naming(run_dir / "metrics.json"):
         write_json(run_dir / "metrics.json", metrics)
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    remove_backup(run_dir)
+
+
+def remove_backup(run_dir):
+    """Removes a finished run's backup: renamed away first, so that a run stopped midway never
+    holds part of a backup/ (`train` removes what is left when SIGTERM stopped the removal)."""
+    away = files.temporary_sibling(run_dir / "backup")
+    shutil.rmtree(away, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(run_dir / "backup", away)
+    shutil.rmtree(away, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -70,6 +70,32 @@ def test_a_finished_run_whose_metrics_were_deleted_is_not_trained_again(tmp_path
     assert (run / "model.keras").read_bytes() == b"the finished model"
 
 
+def test_sigterm_as_the_run_finishes_says_so_and_leaves_no_part_of_its_backup(
+        tmp_path, monkeypatch, capsys):
+    """SIGTERM arrives after metrics.json is written, halfway through removing the backup: the
+    run is finished (exit 143 for the signal, saying so), and no part of the backup is left."""
+    from keras_fastres import run as run_module
+    remove, stopped = shutil.rmtree, []
+
+    def stopped_halfway(path, *args, **kwargs):
+        if ".backup.incomplete-" in str(path) and Path(path).exists() and not stopped:
+            stopped.append(path)
+            next(Path(path).rglob("*.h5")).unlink()  # a part removed, then SIGTERM
+            signal.raise_signal(signal.SIGTERM)
+        return remove(path, *args, **kwargs)
+    monkeypatch.setattr(run_module.shutil, "rmtree", stopped_halfway)
+    run = tmp_path / "run"
+    assert main(TrainConfig(), [*SMALL, "--epochs", "1", "--output-dir", str(run)]) == 143
+    assert stopped, "the backup was not removed through the patched rmtree"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"Terminated (SIGTERM). The run had finished; its results are in {run}.")
+    assert sorted(p.name for p in run.iterdir()) == [  # no backup/, no hidden part of one
+        ".lock", "error_curve.png", "history.csv", "metrics.json", "model.keras", "tensorboard"]
+    monkeypatch.undo()
+    assert main(TrainConfig(), [*SMALL, "--epochs", "1", "--output-dir", str(run)]) == 1
+    assert "already holds a finished run" in one_line_error(capsys)
+
+
 def test_outputs_written_again_after_a_kill_reuse_the_runs_export(tmp_path):
     """A run killed after its export appeared, before metrics.json, writes its outputs again
     when rerun: the export it made (from the same final weights) is kept, not made twice."""

@@ -71,14 +71,16 @@ def run_command(body, stopped_hint="", advice=None, log_level=logging.INFO):
     """`body()`'s exit status (0 when it returns None), or the status of the error that
     stopped it (`exit_status`) after one line on stderr: "error: ..." for ERRORS and
     TensorFlow's errors (with `advice(error)` on a second line, when it gives one); for Ctrl-C
-    and SIGTERM, what stopped it and `stopped_hint`. Other exceptions are bugs and keep their
+    and SIGTERM, what stopped it and `stopped_hint` (a string, or a function giving it as
+    things stand when the command stops). Other exceptions are bugs and keep their
     traceback."""
     try:
         with speaking(log_level), stop_on_sigterm():
             return body() or 0
     except (KeyboardInterrupt, Terminated) as stop:
         what = "Terminated (SIGTERM)" if isinstance(stop, Terminated) else "Interrupted"
-        print(f"\n{what}.{' ' + stopped_hint if stopped_hint else ''}", file=sys.stderr)
+        hint = stopped_hint() if callable(stopped_hint) else stopped_hint
+        print(f"\n{what}.{' ' + hint if hint else ''}", file=sys.stderr)
         return exit_status(stop)
     except Exception as error:
         if not (isinstance(error, ERRORS) or is_tensorflow_error(error)):

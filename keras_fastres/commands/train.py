@@ -104,9 +104,13 @@ def main(defaults, argv=None, choose_dataset=False):
             return (f"If a worker was lost, start every worker again with the same command: "
                     f"the run continues from its last finished epoch (saved in {backup}).")
         return ""
-    return run_command(lambda: train_and_report(parsed), advice=advice, stopped_hint=(
-        f"Run the same command again to continue from the last finished epoch (saved in "
-        f"{backup})."))
+    def stopped_hint():
+        if (parsed.run_dir() / "metrics.json").exists():  # stopped as it ended: nothing to redo
+            return f"The run had finished; its results are in {parsed.run_dir()}."
+        return (f"Run the same command again to continue from the last finished epoch (saved "
+                f"in {backup}).")
+    return run_command(lambda: train_and_report(parsed), advice=advice,
+                       stopped_hint=stopped_hint)
 
 
 def compare(parsed):
