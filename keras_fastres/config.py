@@ -322,8 +322,13 @@ def check_parallel_settings(replicas: int, jit_compile: bool, precision: str,
 
 
 def check_last_batches(split_sizes: dict, batch_size: int, replicas: int) -> None:
-    """A ValueError when the last batch of a split ({name: images}) holds fewer images than
-    there are replicas: a replica with no image fails inside TensorFlow."""
+    """A ValueError when a batch, or the last batch of a split ({name: images}), holds fewer
+    images than there are replicas: a replica with no image fails inside TensorFlow."""
+    if batch_size < replicas:
+        raise ValueError(
+            f"--batch-size {batch_size} is smaller than the {replicas} replicas, and each "
+            f"replica needs an image of every batch; choose a --batch-size of at least "
+            f"{replicas} (a multiple of {replicas} shares it evenly).")
     for split_name, size in split_sizes.items():
         last = size % batch_size
         if 0 < last < replicas:

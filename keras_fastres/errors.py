@@ -11,6 +11,7 @@ This module imports only the standard library.
 """
 
 import contextlib
+import re
 import signal
 
 
@@ -48,13 +49,24 @@ def stop_on_sigterm():
 
 def tensorflow_reason(message: str) -> str:
     """The line of a TensorFlow error message that says what went wrong. A graph error begins
-    "Graph execution error:", then where it was detected and a stack, then the reason, then
-    the node's name in [[...]]; other errors say it first."""
+    "Graph execution error:", then where it was detected and a stack, then the reason (with
+    several, "N root error(s) found." and each as "(i) KIND: reason"), then the node's name in
+    [[...]]; other errors say it first, an eager op's error between the function's
+    {{function_node ...}} name and [Op:NAME], a file's as "PATH; reason"."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if lines and lines[0] == "Graph execution error:":
         lines = [line for line in lines[1:]
-                 if not line.startswith(("Detected at", "File ", "<", "[["))]
-    return lines[0].split(" [[")[0] if lines else "no detail"
+                 if not line.startswith(("Detected at", "File ", "<", "[["))
+                 and not re.fullmatch(r"\d+ root error\(s\) found\.", line)]
+    if not lines:
+        return "no detail"
+    reason = re.sub(r"^\(\d+\) [A-Z_]+:\s*", "", lines[0]).split(" [[")[0]
+    reason = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", reason)
+    reason = re.sub(r"\s*\[Op:[^\]]*\].*$", "", reason)
+    path, separator, rest = reason.partition("; ")
+    if separator and path.startswith("/") and " " not in path:  # a temporary file's name
+        reason = rest
+    return reason or "no detail"
 
 
 def is_tensorflow_error(error: BaseException) -> bool:

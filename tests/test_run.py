@@ -316,6 +316,11 @@ def test_a_last_batch_smaller_than_the_replicas_is_refused():
     with pytest.raises(ValueError, match="last test batch holds 2 of the 34 images"):
         check_last_batches({"training": 64, "test": 34}, batch_size=32, replicas=3)
     check_last_batches({"training": 65, "test": 16}, batch_size=32, replicas=1)
+    with pytest.raises(ValueError) as refused:  # every batch, not only the last
+        check_last_batches({"training": 64, "test": 16}, batch_size=1, replicas=2)
+    assert str(refused.value) == (
+        "--batch-size 1 is smaller than the 2 replicas, and each replica needs an image of "
+        "every batch; choose a --batch-size of at least 2 (a multiple of 2 shares it evenly).")
     check_last_batches({"training": 66, "test": 64}, batch_size=32, replicas=2)
 
 
@@ -347,6 +352,17 @@ def test_tensorflow_errors_are_reduced_to_their_reason():
         "The first dimension of paddings must be the rank of inputs[4,2] [32,32,3]")
     assert tensorflow_reason("collective aborted\nstack ...") == "collective aborted"
     assert tensorflow_reason("Graph execution error:\n") == "no detail"
+    several = ("Graph execution error:\n\nDetected at node x defined at (most recent call last):"
+               "\n<stack traces unavailable>\n2 root error(s) found.\n  (0) INVALID_ARGUMENT:  "
+               "Input to reshape is a tensor with 0 values\n\t [[{{node x}}]]\n  (1) "
+               "INVALID_ARGUMENT: the same\n0 successful operations.")
+    assert tensorflow_reason(several) == "Input to reshape is a tensor with 0 values"
+    # A full disk under tf.saved_model.save, as TensorFlow 2.21 words it (on a 600 KB tmpfs).
+    save_error = ("{{function_node __wrapped__SaveV2_dtypes_96_device_/job:localhost/replica:0/"
+                  "task:0/device:CPU:0}} /tmp/small/exp/.export-1.incomplete-2/variables/"
+                  "variables_temp/part-00000-of-00001.data-00000-of-00001.tempstate1; No space "
+                  "left on device [Op:SaveV2] name: ")
+    assert tensorflow_reason(save_error) == "No space left on device"
 
 
 def test_a_missing_backend_library_is_one_line(monkeypatch):
