@@ -1,7 +1,7 @@
 """The per-epoch backup that lets a killed run continue, and that survives damage.
 
     backup/
-        epoch-0007/   model.weights.h5 (model and optimizer state), state.json (epoch, experiment)
+        epoch-0007/   model.keras (model and optimizer state), state.json (epoch, experiment)
         epoch-0006/   the previous generation, kept until a newer one is complete
 
 Each generation is written into a hidden temporary folder and renamed into place only when
@@ -9,6 +9,11 @@ both of its files are complete, so a kill at any moment leaves complete generati
 a hidden leftover, removed by the next run). Restoring takes the newest generation that loads;
 a damaged one (truncated by a full disk, emptied by a crash of the file system) is skipped with
 a warning, and when none loads the error names each file and what to do.
+
+The state is a .keras file, which Keras builds in memory and writes with plain file writes: a
+disk that fills while it is written is one OSError. (HDF5 writing straight to a full disk meets
+it with a cascade of ignored exceptions and may crash the process; generations that earlier
+releases wrote as model.weights.h5 are still read.)
 """
 
 import json
@@ -26,7 +31,8 @@ from keras_fastres.errors import DamagedFile, FastResWarning, summary
 
 GENERATION = re.compile(r"epoch-(\d+)")
 KEEP = 2  # the newest generation and the one before it
-WEIGHTS, STATE = "model.weights.h5", "state.json"
+WEIGHTS, STATE = "model.keras", "state.json"
+EARLIER_WEIGHTS = "model.weights.h5"  # what releases up to 0.2.0 wrote
 
 
 class BackupUnusable(DamagedFile):
@@ -84,10 +90,13 @@ class Backup(keras.callbacks.Callback):
         usable = self._read_states()
         damaged = list(self._damaged)
         for folder, state in usable:
+            weights = folder / WEIGHTS
+            if not weights.exists() and (folder / EARLIER_WEIGHTS).exists():
+                weights = folder / EARLIER_WEIGHTS
             try:
-                model.load_weights(folder / WEIGHTS)
-            except Exception as error:  # h5py's OSError, Keras's ValueError, ...
-                damaged.append(f"{folder / WEIGHTS}: {summary(error)}")
+                model.load_weights(weights)
+            except Exception as error:  # zipfile's BadZipFile, h5py's OSError, Keras's ...
+                damaged.append(f"{weights}: {summary(error)}")
                 continue
             if damaged:
                 warnings.warn(f"damaged backup skipped ({'; '.join(damaged)}); continuing "
@@ -112,9 +121,8 @@ class Backup(keras.callbacks.Callback):
         target = self.directory / f"epoch-{finished_epochs:04d}"
         temporary = files.temporary_sibling(target)
         shutil.rmtree(temporary, ignore_errors=True)
-        # h5py meets a full disk with a cascade of ignored exceptions and then may crash the
-        # process, so make sure there is room first: weights and optimizer state at 8 bytes
-        # an element (twice float32's, as slack), and 1 MB for the files' structure.
+        # Room first, so that a full disk is said before the work: weights and optimizer state
+        # at 8 bytes an element (twice float32's, as slack), and 1 MB for the files' structure.
         needed = 8 * sum(math.prod(v.shape) for v in [*self.model.weights,
                                                       *self.model.optimizer.variables]) + 2 ** 20
         free = shutil.disk_usage(self.directory).free
@@ -125,7 +133,7 @@ class Backup(keras.callbacks.Callback):
                           f"command again: the run continues from its last backup.")
         try:
             temporary.mkdir()
-            self.model.save_weights(temporary / WEIGHTS)
+            self.model.save(temporary / WEIGHTS)
             (temporary / STATE).write_text(json.dumps(
                 {"finished_epochs": finished_epochs, "experiment": self.experiment}))
             for path in (temporary / WEIGHTS, temporary / STATE, temporary):

@@ -64,6 +64,46 @@ def test_the_newest_two_generations_are_kept_and_the_newest_restored(tmp_path):
     assert_state(fresh, states[3])  # the optimizer's momentum too
 
 
+def test_a_generation_an_earlier_release_wrote_is_restored(tmp_path):
+    """Up to 0.2.0 a generation held model.weights.h5: a run killed then continues now."""
+    backup, states = backed_up_epochs(tmp_path / "backup", 2)
+    newest = tmp_path / "backup" / "epoch-0002"
+    (newest / "model.keras").unlink()
+    model = small_model()
+    model.set_weights([*states[2][:len(model.weights)]])
+    for variable, value in zip(model.optimizer.variables, states[2][len(model.weights):]):
+        variable.assign(value)
+    model.save_weights(newest / "model.weights.h5")
+    fresh = small_model(seed=1)
+    assert Backup(tmp_path / "backup").restore(fresh) == 2
+    assert_state(fresh, states[2])
+
+
+def test_a_disk_that_fills_while_the_backup_is_written_is_one_error(tmp_path):
+    """The file size limit of this process (RLIMIT_FSIZE) stands in for a disk filling during
+    the write: writing HDF5 straight to disk met it with dozens of ignored exceptions and a
+    segmentation fault. Now one OSError naming the generation; the previous one intact."""
+    import resource
+
+    backup, states = backed_up_epochs(tmp_path / "backup", 1)
+    size = sum(p.stat().st_size for p in (tmp_path / "backup").rglob("*") if p.is_file())
+    train_a_step(backup.model, 1)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 3, limits[1]))
+    try:
+        with pytest.raises(OSError) as error:
+            backup.on_epoch_end(1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    message = str(error.value)
+    assert message.startswith("Could not write the backup of epoch 2 in ") and (
+        "File too large" in message) and "\n" not in message
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["epoch-0001"]
+    fresh = small_model(seed=1)
+    assert Backup(tmp_path / "backup").restore(fresh) == 1
+    assert_state(fresh, states[1])
+
+
 STATES = {  # what a damaged or hand-edited state.json of generation 3 may say
     "epochs beyond the run": {"finished_epochs": 999, "experiment": EXPERIMENT},
     "negative epochs": {"finished_epochs": -1, "experiment": EXPERIMENT},
@@ -82,7 +122,7 @@ STATES = {  # what a damaged or hand-edited state.json of generation 3 may say
 def test_a_damaged_newest_generation_falls_back_to_the_previous(tmp_path, damage, capsys):
     _, states = backed_up_epochs(tmp_path / "backup", 3)
     newest = tmp_path / "backup" / "epoch-0003"
-    weights, state = newest / "model.weights.h5", newest / "state.json"
+    weights, state = newest / "model.keras", newest / "state.json"
     if damage == "truncated weights":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif damage == "empty weights":
@@ -116,11 +156,11 @@ def test_the_run_redoing_a_damaged_epoch_replaces_it(tmp_path):
 def test_no_usable_generation_is_one_message_naming_each_file(tmp_path):
     backed_up_epochs(tmp_path / "backup", 2)
     for generation in ("epoch-0001", "epoch-0002"):
-        (tmp_path / "backup" / generation / "model.weights.h5").write_bytes(b"\0" * 100)
+        (tmp_path / "backup" / generation / "model.keras").write_bytes(b"\0" * 100)
     with pytest.raises(BackupUnusable) as error:
         Backup(tmp_path / "backup").restore(small_model())
     message = str(error.value)
-    assert "epoch-0001/model.weights.h5" in message and "epoch-0002/model.weights.h5" in message
+    assert "epoch-0001/model.keras" in message and "epoch-0002/model.keras" in message
     assert f"Delete {tmp_path / 'backup'}" in message and "\n" not in message
 
 
@@ -151,7 +191,7 @@ def test_sigkill_between_the_writes_of_one_backup_leaves_the_previous_intact(tmp
     assert process.returncode == -9, process.stderr
     names = sorted(p.name for p in directory.iterdir())
     assert names[0].startswith(".epoch-0002.incomplete-") and names[1:] == ["epoch-0001"]
-    assert (directory / names[0] / "model.weights.h5").exists()  # killed between the two files
+    assert (directory / names[0] / "model.keras").exists()  # killed between the two files
     backup = Backup(directory)
     assert backup.restore(small_model()) == 1
     backup.remove_leftovers()  # what the next run does, holding the run's lock

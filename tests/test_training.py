@@ -104,7 +104,7 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, capsys):
     # Its newest backup damaged as a full disk would leave it: the run continues from the
     # generation before, and still ends as the uninterrupted run (below).
     newest, previous = sorted((run / "backup").glob("epoch-*"), reverse=True)
-    weights = newest / "model.weights.h5"
+    weights = newest / "model.keras"
     weights.write_bytes(weights.read_bytes()[:4096])
 
     assert main(TrainConfig(), args) == 0
@@ -346,9 +346,9 @@ def test_a_backup_with_no_usable_generation_is_one_line_naming_the_file(tmp_path
     generation.mkdir(parents=True)
     (generation / "state.json").write_text(json.dumps(
         {"finished_epochs": 2, "experiment": experiment(parse_args(TrainConfig(), argv), 1)}))
-    (generation / "model.weights.h5").write_bytes(b"")  # emptied by a crash
+    (generation / "model.keras").write_bytes(b"")  # emptied by a crash
     assert main(TrainConfig(), argv) == 1  # a damaged backup is a failure, not a usage error
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and f"{generation / 'model.weights.h5'}: " in error
+    assert error.count("\n") == 1 and f"{generation / 'model.keras'}: " in error
     assert f"Delete {run / 'backup'} to train this run again from its first epoch" in error
-    assert (generation / "model.weights.h5").read_bytes() == b""  # left for the user to see
+    assert (generation / "model.keras").read_bytes() == b""  # left for the user to see
