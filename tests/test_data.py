@@ -86,7 +86,7 @@ def test_archive_pickles_cannot_run_code(tmp_path):
 @pytest.mark.parametrize("name, num_classes", [("cifar10", 10), ("cifar100", 100)])
 def test_tfds_source_through_mock_data(name, num_classes, tmp_path):
     with tfds.testing.mock_data(num_examples=40), \
-            mock.patch.object(data.cifar, "_host_reachable", return_value=True):
+            mock.patch.object(data.cifar, "host_reachable", return_value=True):
         cifar = data.load_cifar(name, "tfds", tmp_path)
     assert cifar.train.images.shape == (40, 32, 32, 3) and cifar.train.images.dtype == np.uint8
     assert cifar.test.labels.shape == (40,) and cifar.test.labels.dtype == np.int64
@@ -96,7 +96,8 @@ def test_tfds_source_through_mock_data(name, num_classes, tmp_path):
 def test_tfds_without_network_fails_fast(tmp_path):
     start = time.perf_counter()
     with mock.patch.dict("os.environ", {"https_proxy": "", "HTTPS_PROXY": ""}), \
-            mock.patch.object(data.cifar.socket, "create_connection", side_effect=OSError("no route")):
+            mock.patch.object(data.catalog.socket, "create_connection",
+                              side_effect=OSError("no route")):
         with pytest.raises(data.DataUnavailableError) as error:
             data.load_cifar("cifar10", "tfds", tmp_path)
     assert time.perf_counter() - start < 10

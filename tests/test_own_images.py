@@ -3,6 +3,7 @@ GIF files in class folders named by words, trained through fastres-train, served
 class names by fastres-predict and on onnxruntime, and fine-tuned on three of the classes at
 another image size; a (mocked) TFDS catalog data set through the command line."""
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from PIL import Image
 from keras_fastres.commands.export import main as export_main
 from keras_fastres.commands.predict import main as predict_main
 from keras_fastres.commands.train import command as train_command
+from keras_fastres.data import DataUnavailableError
 
 # Sorted, the class folders are not in digit order: label i is not digit i.
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -206,12 +208,86 @@ def test_fine_tuning_another_network_is_refused_naming_what_differs(tmp_path, ca
     assert not any(str(tmp_path / "images") in path.read_text() for path in manifests)
 
 
+@contextlib.contextmanager
+def online(splits=()):
+    """As with a network: every download host reachable, and TFDS's published split metadata
+    `splits` (none: unpublished)."""
+    from unittest import mock
+
+    from keras_fastres.data import catalog
+    with mock.patch.object(catalog, "host_reachable", return_value=True), \
+            mock.patch.object(catalog, "published_splits", return_value=set(splits)):
+        yield
+
+
+def test_a_tfds_set_is_checked_before_any_download(tmp_path, monkeypatch):
+    """A text data set, an unreachable host, a split the published metadata lacks: each is one
+    line before TFDS downloads or writes anything (it used to retry for minutes first)."""
+    import tensorflow_datasets as tfds
+
+    from keras_fastres.data import catalog, load_catalog
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded before the checks")
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
+    data_dir = tmp_path / "tfds"
+    with online(), pytest.raises(DataUnavailableError,
+                                 match="'imdb_reviews' is not an image classification"):
+        load_catalog("imdb_reviews", str(data_dir))
+    reached = []
+    monkeypatch.setattr(catalog, "host_reachable", lambda host: reached.append(host) or False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    with pytest.raises(DataUnavailableError) as offline:
+        load_catalog("mnist", str(data_dir))
+    assert str(offline.value) == (
+        f"TFDS data set 'mnist' is not prepared in {data_dir / 'mnist' / '3.0.1'} and "
+        f"storage.googleapis.com cannot be reached to download it. Connect this machine to the "
+        f"network, or prepare the data set where there is one and pass its folder with "
+        f"--data-dir.")
+    assert reached == ["storage.googleapis.com"]  # mnist's host, from its checksums file
+    with online({"train", "test"}), pytest.raises(DataUnavailableError) as split:
+        load_catalog("mnist", str(data_dir), train_split="nope")
+    assert str(split.value) == ("TFDS data set 'mnist' has no split 'nope' (--train-split); it "
+                                "has ['test', 'train'].")
+    assert not any(data_dir.rglob("*.*")), "no file written"
+
+
+def test_the_published_split_metadata_is_read_when_it_can_be(monkeypatch):
+    """dataset_info.json as TFDS publishes it (the DatasetInfo proto as JSON)."""
+    import io
+
+    import tensorflow_datasets as tfds
+
+    from keras_fastres.data import catalog
+    builder = tfds.builder("mnist")
+    asked = []
+
+    def urlopen(url, timeout):
+        asked.append(url)
+        return io.BytesIO(json.dumps({"name": "mnist", "splits": [
+            {"name": "test", "numBytes": "3150056", "shardLengths": ["10000"]},
+            {"name": "train", "numBytes": "18920109", "shardLengths": ["60000"]}]}).encode())
+    monkeypatch.setattr(catalog.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(catalog, "host_reachable", lambda host: True)
+    assert catalog.published_splits(builder) == {"train", "test"}
+    assert asked == ["https://storage.googleapis.com/tfds-data/dataset_info/mnist/3.0.1/"
+                     "dataset_info.json"]
+    monkeypatch.setattr(catalog.urllib.request, "urlopen",
+                        lambda url, timeout: io.BytesIO(b"<html>not found</html>"))
+    assert catalog.published_splits(builder) == set()  # checked after preparing, as before
+    monkeypatch.setattr(catalog, "host_reachable", lambda host: False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    assert catalog.published_splits(builder) == set()
+
+
 def test_a_tfds_catalog_data_set_trains_through_the_command_line(tmp_path, capsys):
     """fashion_mnist (grayscale 28x28, ten named classes), mocked: RGB at its own size."""
     import keras
     import tensorflow_datasets as tfds
 
-    with tfds.testing.mock_data(num_examples=24):
+    with tfds.testing.mock_data(num_examples=24), online():
         code = train_command(["--dataset", "tfds:fashion_mnist", "--image-size", "28", "--depth",
                               "8", "--epochs", "1", "--batch-size", "12", "--data-dir",
                               str(tmp_path / "tfds"), "--output-dir", str(tmp_path / "run")])
@@ -369,7 +445,7 @@ def test_a_tfds_set_without_a_test_split_holds_one_out(tmp_path, capsys, caplog)
     only_train = mock.patch.object(tfds.core.DatasetInfo, "splits",
                                    new_callable=mock.PropertyMock,
                                    return_value={"train": mock.MagicMock(num_bytes=0)})
-    with tfds.testing.mock_data(num_examples=40), only_train:
+    with tfds.testing.mock_data(num_examples=40), only_train, online():
         loaded = load_catalog("eurosat/rgb", str(tmp_path), image_size=(16, 16))
         assert (len(loaded.train.labels), len(loaded.test.labels)) == (
             40 - len(loaded.test.labels), len(loaded.test.labels))

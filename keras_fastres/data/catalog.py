@@ -1,10 +1,22 @@
 """Any image-classification data set of the TFDS catalog (`--dataset tfds:NAME`): image and label
 from its supervised keys, class names from its label feature, images resized to the asked size
 and made RGB, the splits asked for, or a stratified hold-out of the training split when the
-data set has no test split."""
+data set has no test split.
 
+Before a download, what can be known is checked: the name (TFDS's registry), an image and a
+class label as its supervised keys (its features, known without data), the hosts it downloads
+from (its checksums file) reachable, and the splits asked for, when TFDS publishes the data
+set's metadata (dataset_info.json in its public bucket); unpublished splits are checked once
+the data set is prepared."""
+
+import json
 import logging
+import os
+import socket
+import threading
+import urllib.request
 from contextlib import contextmanager
+from urllib.parse import urlparse
 
 import numpy as np
 import tensorflow as tf
@@ -95,28 +107,16 @@ def load_catalog(name, data_dir=None, image_size=(32, 32), train_split="train",
     Without the test split in the data set (e.g. eurosat has only "train"), a stratified
     hold-out of `validation_fraction` of the training split (seed 0) is the test split.
     """
-    import tensorflow_datasets as tfds
-
     check_validation_fraction(validation_fraction)
-    builder = prepared_builder(name, data_dir, download)
-    info = builder.info
-    keys = info.supervised_keys
-    image_feature = info.features[keys[0]] if keys and isinstance(keys[0], str) else None
-    label_feature = info.features[keys[1]] if keys and isinstance(keys[1], str) else None
-    if not (isinstance(image_feature, tfds.features.Image)
-            and isinstance(label_feature, tfds.features.ClassLabel)):
-        raise DataUnavailableError(
-            f"TFDS data set {name!r} is not an image classification data set (its supervised "
-            f"keys {keys} are not an image and a class label); e.g. {EXAMPLES} are.")
-    splits = set(info.splits)  # empty when TFDS does not know them (a mocked data set)
 
-    def missing(split):
-        return bool(splits) and split.split("[")[0] not in splits
-    held_out = missing(test_split)
-    for option, split in (("--train-split", train_split), ("--test-split", test_split)):
-        if missing(split) and not (held_out and split == DEFAULT_TEST_SPLIT):
-            raise DataUnavailableError(f"TFDS data set {name!r} has no split {split!r} "
-                                       f"({option}); it has {sorted(splits)}.")
+    def before_download(builder):
+        _image_and_label(builder, name)
+        _check_hosts(builder, name)
+        _check_splits(name, published_splits(builder), train_split, test_split)
+    builder = prepared_builder(name, data_dir, download, check_network=before_download)
+    _, label_feature = _image_and_label(builder, name)
+    # Empty when TFDS does not know them (a mocked data set).
+    held_out = _check_splits(name, set(builder.info.splits), train_split, test_split)
     try:
         train = read_split(builder, train_split, image_size)
         if held_out:
@@ -134,3 +134,90 @@ def load_catalog(name, data_dir=None, image_size=(32, 32), train_split="train",
     data = ImageData(PREFIX + name, train, test, tuple(label_feature.names))
     check_labels(data.name, data)
     return data
+
+
+def _image_and_label(builder, name):
+    """The data set's image and class-label features (its supervised keys), known from its
+    features before any download; DataUnavailableError for another kind of data set."""
+    import tensorflow_datasets as tfds
+
+    info = builder.info
+    keys = info.supervised_keys
+    image_feature = info.features[keys[0]] if keys and isinstance(keys[0], str) else None
+    label_feature = info.features[keys[1]] if keys and isinstance(keys[1], str) else None
+    if not (isinstance(image_feature, tfds.features.Image)
+            and isinstance(label_feature, tfds.features.ClassLabel)):
+        raise DataUnavailableError(
+            f"TFDS data set {name!r} is not an image classification data set (its supervised "
+            f"keys {keys} are not an image and a class label); e.g. {EXAMPLES} are.")
+    return image_feature, label_feature
+
+
+def _check_splits(name, splits, train_split, test_split):
+    """DataUnavailableError naming the option of a split that `splits` (the data set's, when
+    known: empty when not) lacks; returns whether the test split is to be held out of the
+    training split (the default test split of a data set without one)."""
+    def missing(split):
+        return bool(splits) and split.split("[")[0] not in splits
+    held_out = missing(test_split)
+    for option, split in (("--train-split", train_split), ("--test-split", test_split)):
+        if missing(split) and not (held_out and split == DEFAULT_TEST_SPLIT):
+            raise DataUnavailableError(f"TFDS data set {name!r} has no split {split!r} "
+                                       f"({option}); it has {sorted(splits)}.")
+    return held_out
+
+
+def behind_proxy():
+    """Whether HTTPS goes through a proxy (then reachability is the proxy's to judge)."""
+    return any(os.environ.get(v) for v in ("https_proxy", "HTTPS_PROXY"))
+
+
+def host_reachable(host, timeout=5.0):
+    """DNS lookup and TCP connect to port 443 with a hard time limit (getaddrinfo itself has
+    none)."""
+    result = {}
+
+    def connect():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result["ok"] = True
+        except OSError:
+            result["ok"] = False
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(2 * timeout)
+    return result.get("ok", False)
+
+
+def _check_hosts(builder, name):
+    """DataUnavailableError when a host the data set downloads from (its checksums file's
+    URLs) cannot be reached: TFDS would retry for minutes, and leave partial files."""
+    hosts = sorted({urlparse(url).hostname for url in type(builder).url_infos or {}} - {None})
+    unreachable = [] if behind_proxy() else [h for h in hosts if not host_reachable(h)]
+    if unreachable:
+        raise DataUnavailableError(
+            f"TFDS data set {name!r} is not prepared in {builder.data_dir} and "
+            f"{', '.join(unreachable)} cannot be reached to download it. Connect this machine "
+            f"to the network, or prepare the data set where there is one and pass its folder "
+            f"with --data-dir.")
+
+
+METADATA_HOST = "storage.googleapis.com"  # TFDS's public bucket gs://tfds-data
+
+
+def published_splits(builder, timeout=10.0):
+    """The split names of the data set's published metadata (TFDS's
+    gs://tfds-data/dataset_info/<name>/<version>/dataset_info.json, over HTTPS), or an empty
+    set when it cannot be had (no network, a data set TFDS publishes none for)."""
+    url = (f"https://{METADATA_HOST}/tfds-data/dataset_info/{builder.info.full_name}/"
+           f"dataset_info.json")
+    if not (behind_proxy() or host_reachable(METADATA_HOST)):
+        return set()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            info = json.load(response)
+    except (OSError, ValueError):
+        return set()
+    splits = info.get("splits") if isinstance(info, dict) else None
+    return {split["name"] for split in splits or []
+            if isinstance(split, dict) and isinstance(split.get("name"), str)}

@@ -5,17 +5,14 @@ memory (180 MB as uint8): `ImageData` with 32x32 images and CIFAR's class names.
 
 import contextlib
 import io
-import os
 import pickle
-import socket
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from keras_fastres.data.catalog import prepared_builder, read_split
+from keras_fastres.data.catalog import behind_proxy, host_reachable, prepared_builder, read_split
 from keras_fastres.data.splits import DataUnavailableError, ImageData, Split, check_labels
 
 DATASETS = ("cifar10", "cifar100")
@@ -120,29 +117,12 @@ def synthetic_cifar(name: str = "cifar10", train_size: int = 1024, test_size: in
     return cifar_data(name, split(train_size), split(test_size))
 
 
-def _host_reachable(host, timeout=5.0):
-    """DNS lookup and TCP connect with a hard time limit (getaddrinfo itself has none)."""
-    result = {}
-
-    def connect():
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result["ok"] = True
-        except OSError:
-            result["ok"] = False
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(2 * timeout)
-    return result.get("ok", False)
-
-
 def _load_tfds(name, data_dir, download):
     archive, folder, _, _ = ARCHIVES[name]
     help_text = HOW_TO_PROVIDE.format(archive=archive, folder=folder)
 
     def check_network(builder):
-        behind_proxy = any(os.environ.get(v) for v in ("https_proxy", "HTTPS_PROXY"))
-        if not behind_proxy and not _host_reachable(CIFAR_HOST):
+        if not behind_proxy() and not host_reachable(CIFAR_HOST):
             # TFDS would retry the lookup for minutes before failing; answer now instead.
             raise DataUnavailableError(
                 f"TFDS data set {name!r} is not prepared in {builder.data_dir} and "
