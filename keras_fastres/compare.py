@@ -44,18 +44,35 @@ def label(metrics):
     return f"{metrics['dataset']} ResNet-{metrics['depth']} {metrics['variant']}"
 
 
+def distinct_labels(keys):
+    """{configuration: label}: `label`, and where configurations share one, the settings in
+    which they differ (`init_from=a.keras`, `data=/photos/b`), so that no two read alike."""
+    bases = {key: label({name: json.loads(value) for name, value in key}) for key in keys}
+    labels = {}
+    for key, base in bases.items():
+        alike = [other for other in bases if bases[other] == base]
+        differing = [(name, value) for name, value in key
+                     if len({dict(other)[name] for other in alike}) > 1]
+        labels[key] = base + (" (" + ", ".join(f"{name}={json.loads(value)}"
+                                               for name, value in differing) + ")"
+                              if differing else "")
+    return labels
+
+
 def summarize(finished):
     """One row per configuration of the finished runs' metrics, in order of first appearance:
-    label, runs, test error mean and std (%; std None for one run), mean seconds per epoch and
-    the ratio to the preact configuration that differs only in the variant (None without)."""
+    label (`distinct_labels`), runs, test error mean and std (%; std None for one run), mean
+    seconds per epoch and the ratio to the preact configuration that differs only in the
+    variant (None without)."""
     groups = {}
     for metrics in finished:
         groups.setdefault(configuration(metrics), []).append(metrics)
     rows = []
+    labels = distinct_labels(groups)
     for key, runs in groups.items():
         errors = [100 * m["test_error"] for m in runs]
         seconds = statistics.mean(m["mean_epoch_seconds"] for m in runs)
-        rows.append({"key": key, "label": label(runs[0]), "runs": len(runs),
+        rows.append({"key": key, "label": labels[key], "runs": len(runs),
                      "error_mean": statistics.mean(errors),
                      "error_std": statistics.stdev(errors) if len(errors) > 1 else None,
                      "epoch_seconds": seconds})
@@ -99,8 +116,9 @@ def compare_runs(run_dirs, figure):
     unfinished = [str(run_dir) for run_dir, _, metrics in runs if metrics is None]
     if unfinished:
         text += f"\nunfinished, plotted but not in the table: {', '.join(unfinished)}"
+    labels = distinct_labels({configuration(metrics) for metrics in finished})
     try:
-        plot_runs([(label(metrics) if metrics else run_dir.name, rows)
+        plot_runs([(labels[configuration(metrics)] if metrics else run_dir.name, rows)
                    for run_dir, rows, metrics in runs], figure, title="test error")
     except OSError as error:  # the table is still worth having
         raise PlotNotWritten(text, f"Could not write {figure}: {summary(error)}; pass an "

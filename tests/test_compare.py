@@ -46,6 +46,21 @@ def test_runs_of_one_configuration_give_mean_std_and_the_ratio_to_preact(tmp_pat
     assert (tmp_path / "comparison.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_configurations_that_differ_beyond_the_label_are_told_apart(tmp_path):
+    """Runs of one dataset, depth and variant that differ in their initialisation (or data,
+    or any other setting) are two configurations, and their labels say how they differ."""
+    scratch = finished_run(tmp_path / "scratch", "type1", 1, 0.10, 20.0)
+    tuned = finished_run(tmp_path / "tuned", "type1", 1, 0.05, 20.0)
+    metrics = json.loads((tuned / "metrics.json").read_text())
+    (tuned / "metrics.json").write_text(json.dumps({**metrics, "init_from": "cifar.keras"}))
+    other = finished_run(tmp_path / "other", "preact", 1, 0.09, 25.0)
+    rows = summarize([read_run(r)[1] for r in (scratch, tuned, other)])
+    assert [row["label"] for row in rows] == [
+        "cifar10 ResNet-20 type1 (init_from=None)",
+        "cifar10 ResNet-20 type1 (init_from=cifar.keras)",
+        "cifar10 ResNet-20 preact"]  # alone with its label: nothing added
+
+
 def test_the_command_prints_the_table_and_writes_the_figure_beside_the_runs(tmp_path, capsys):
     runs = [str(finished_run(tmp_path / "runs" / v, v, 1, e, t))
             for v, e, t in (("preact", 0.08, 30.0), ("type1", 0.07, 24.0))]
