@@ -196,6 +196,27 @@ def test_loader_benchmark_counts_the_images_it_decoded(tmp_path, capsys):
     assert refused.value.code == 2
 
 
+def test_the_loader_benchmark_on_a_folder_it_cannot_read_is_one_line(tmp_path, monkeypatch,
+                                                                      capsys):
+    """A folder without read permission (listing it refused: the tests run as root, whom
+    chmod does not stop)."""
+    import os
+
+    from keras_fastres.commands.benchmark import main
+    (tmp_path / "a").mkdir()
+    listdir = os.listdir
+
+    def refused(path="."):
+        if isinstance(path, (str, os.PathLike)) and Path(path) == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+    monkeypatch.setattr(os, "listdir", refused)
+    assert main(["--loader", str(tmp_path), "--rounds", "1", "--workers", "1"]) == 1
+    error = capsys.readouterr().err  # after the progress lines, one line and no traceback
+    assert error.endswith(f"\nerror: Cannot read the folder {tmp_path} (Permission denied).\n")
+    assert "Traceback" not in error and error.count("error:") == 1
+
+
 def test_a_fraction_above_the_peak_is_never_printed_without_a_warning():
     report = {"device": "CPU", "keras": "3", "backend": "tensorflow", "tensorflow": "2",
               "batch_size": 4, "rounds": 3, "steps_per_round": 1,
