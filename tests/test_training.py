@@ -149,7 +149,7 @@ def test_without_network_the_tfds_recipe_fails_fast_with_a_clear_message(tmp_pat
     from keras_fastres import data
     start = time.monotonic()
     with mock.patch.dict("os.environ", {"https_proxy": "", "HTTPS_PROXY": ""}), \
-            mock.patch.object(data.cifar.socket, "create_connection",
+            mock.patch.object(data.catalog.socket, "create_connection",
                               side_effect=OSError("no route")):
         code = main(TrainConfig(dataset="cifar100"), ["--depth", "20", "--data-dir",
                                                       str(tmp_path / "tfds")])

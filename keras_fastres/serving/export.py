@@ -234,36 +234,39 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
     require_tensorflow_backend("SavedModel export")
     height, width = _input_size(model)
     _check_version(version)
-    serve, served = _serving_function(model, fold_batch_norm)
+    serve, _ = _serving_function(model, fold_batch_norm)
 
     names = getattr(model, "class_names", None)
     with tempfile.TemporaryDirectory() as assets:
-        archive = keras.export.ExportArchive()
-        archive.track(served)
+        # The SavedModel's object graph holds only what the signatures use: the variables they
+        # capture and the class-name table (not the Keras objects, nor an optimizer's state).
+        root = tf.Module()
         if names:
             # A table read from the names file: the SavedModel keeps the file as its asset.
             names_file = Path(assets) / CLASS_NAMES_FILE
             names_file.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-            table = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+            root.table = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
                 str(names_file), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.string,
                 tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
-            archive.track(table)
-            serve = _naming_top_class(serve, table)
-        for name, dtype in (("serving_default", tf.uint8), ("serving_float", tf.float32)):
-            archive.add_endpoint(name, tf.function(serve), input_signature=[
-                tf.TensorSpec([None, height, width, 3], dtype, name="images")])
+            serve = _naming_top_class(serve, root.table)
         resize = model_resize(model)
 
         def serve_bytes(image_bytes):
             return serve(decode_batch(image_bytes, height, width, resize))
-        archive.add_endpoint("serving_bytes", tf.function(serve_bytes), input_signature=[
-            tf.TensorSpec([None], tf.string, name="image_bytes")])
+        # Each traced once, as a concrete function (a tf.function given as a signature would
+        # be traced again when saved).
+        signatures = {name: tf.function(serve).get_concrete_function(
+            tf.TensorSpec([None, height, width, 3], dtype, name="images"))
+            for name, dtype in (("serving_default", tf.uint8), ("serving_float", tf.float32))}
+        signatures["serving_bytes"] = tf.function(serve_bytes).get_concrete_function(
+            tf.TensorSpec([None], tf.string, name="image_bytes"))
+        captured = {id(v): v for function in signatures.values() for v in function.variables}
+        root.weights = list(captured.values())
 
         def write(folder):
-            shutil.rmtree(folder)  # the archive writes the folder itself
-            archive.write_out(str(folder), verbose=False)
+            tf.saved_model.save(root, str(folder), signatures=signatures)
             (folder / "assets").mkdir(exist_ok=True)
-            (folder / "assets" / RESIZE_FILE).write_text(f"{model_resize(model)}\n")
+            (folder / "assets" / RESIZE_FILE).write_text(f"{resize}\n")
         return publish(export_dir, version, write, "saved_model")
 
 
