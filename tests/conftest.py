@@ -137,18 +137,33 @@ class FakeClock:
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
-    """scikit-learn's digits as a folder of images (test_own_images.digits_folder) and a
-    FastResNet-8 trained on them for 10 epochs through fastres-train, with its SavedModel
+    """scikit-learn's digits as a folder of images (test_own_images.digits_folder), with a
+    text file, a damaged PNG and a decompression bomb's header among the training images, and
+    a FastResNet-8 trained on them for 10 epochs through fastres-train, with its SavedModel
     export: (the folder, the run directory), shared by the tests that need a model that learned
-    something."""
-    from test_own_images import digits_folder
+    something. What the command printed is beside the run, in train.out and train.err."""
+    import contextlib
+    import io
+    import warnings
+
+    from test_own_images import digits_folder, png_header
 
     from keras_fastres.commands.train import command
 
     work = tmp_path_factory.mktemp("digits")
     root = digits_folder(work / "digits")
+    (root / "train" / "one" / "notes.txt").write_text("not an image: ignored")
+    (root / "train" / "two" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
+    (root / "train" / "six" / "bomb.png").write_bytes(png_header(10_000, 10_000))
     run = work / "run"
-    assert command(["--data", str(root), "--no-flip", "--image-size", "16", "--depth", "8",
-                    "--epochs", "10", "--batch-size", "64", "--seed", "0", "--output-dir",
-                    str(run), "--export"]) == 0
+    out, err = io.StringIO(), io.StringIO()
+    # The command prints its warnings; recorded here, not in the session's warning summary.
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            warnings.catch_warnings(record=True):
+        code = command(["--data", str(root), "--no-flip", "--image-size", "16", "--depth", "8",
+                        "--epochs", "10", "--batch-size", "64", "--seed", "0", "--output-dir",
+                        str(run), "--export"])
+    (work / "train.out").write_text(out.getvalue())
+    (work / "train.err").write_text(err.getvalue())
+    assert code == 0, err.getvalue()
     return root, run

@@ -64,32 +64,27 @@ def digits_folder(root, split=True, classes=WORDS, size=16):
     return root
 
 
-def test_digits_in_a_folder_train_export_predict_and_fine_tune(tmp_path, capsys):
+def test_digits_in_a_folder_train_export_predict_and_fine_tune(digits_run, tmp_path, capsys):
+    """The session's digits run (conftest.digits_run: fastres-train on the digits folder, with
+    a text file, a damaged PNG and a bomb's header among its images); then predict, ONNX and a
+    fine-tune from it."""
     import keras
     import onnxruntime
 
     import keras_fastres  # noqa: F401 (registers the model)
 
-    root = digits_folder(tmp_path / "digits")
-    (root / "train" / "one" / "notes.txt").write_text("not an image: ignored")
-    (root / "train" / "two" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
-    (root / "train" / "six" / "bomb.png").write_bytes(png_header(10_000, 10_000))
-    run = tmp_path / "run"
-    code = train_command(["--data", str(root), "--no-flip", "--image-size", "16", "--depth", "8",
-                          "--epochs", "10", "--batch-size", "64", "--seed", "0", "--output-dir",
-                          str(run), "--export"])
-    out = capsys.readouterr()
-    assert code == 0, out.err
+    root, run = digits_run
+    err = (run.parent / "train.err").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     # A silent bug in labels, class order, normalisation or augmentation keeps it far above.
     assert metrics["test_error"] <= 0.10, metrics["test_error"]
     assert metrics["class_names"] == sorted(WORDS) and metrics["dataset"] == "digits"
     assert (metrics["train_images"], metrics["test_images"]) == (TRAIN_DIGITS, 397)
     assert metrics["skipped_images"] == 2 and len(metrics["skipped_files"]) == 2
-    warning = [line for line in out.err.splitlines() if line.startswith("warning: skipped")]
+    warning = [line for line in err.splitlines() if line.startswith("warning: skipped")]
     assert len(warning) == 1 and "broken.png" in warning[0] and "bomb.png" in warning[0]
     assert "10000x10000 pixels" in warning[0] and "notes.txt" not in warning[0]
-    ignored = [line for line in out.err.splitlines() if line.startswith("warning: ignored")]
+    ignored = [line for line in err.splitlines() if line.startswith("warning: ignored")]
     assert len(ignored) == 1 and "ignored 1 files that are not images" in ignored[0]
     assert "notes.txt" in ignored[0]
     model = keras.saving.load_model(run / "model.keras")
