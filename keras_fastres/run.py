@@ -236,7 +236,8 @@ def fill_cache(config, progress=None):
 def run_data(run_dir, progress=None):
     """The data set a finished run trained and tested on, loaded as the run loaded it (a
     folder from the decode-once cache), from the settings in its metrics.json; a ValueError
-    when `run_dir` holds no finished run."""
+    when `run_dir` holds no finished run. What the loader warns of (skipped files, small
+    classes) was said when the run trained, and is not said again."""
     metrics_file = Path(run_dir) / "metrics.json"
     if not metrics_file.is_file():
         raise ValueError(f"{run_dir} holds no finished run (no metrics.json): give the run "
@@ -246,13 +247,15 @@ def run_data(run_dir, progress=None):
     settings = {name: value_of_word(fields[name], metrics[name]) for name in DATA_SETTINGS
                 if name in metrics}
     config = dataclasses.replace(TrainConfig(), **settings)
-    return data.load(
-        TrainConfig.dataset if config.data else metrics["dataset"], folder=config.data,
-        source=config.source, data_dir=config.data_dir, image_size=config.image_size,
-        validation_fraction=config.validation_fraction, train_split=config.train_split,
-        test_split=config.test_split, synthetic_size=config.synthetic_size,
-        seed=metrics["seed"], progress=progress, resize=config.resize,
-        cache_dir=config.cache_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FastResWarning)
+        return data.load(
+            TrainConfig.dataset if config.data else metrics["dataset"], folder=config.data,
+            source=config.source, data_dir=config.data_dir, image_size=config.image_size,
+            validation_fraction=config.validation_fraction, train_split=config.train_split,
+            test_split=config.test_split, synthetic_size=config.synthetic_size,
+            seed=metrics["seed"], progress=progress, resize=config.resize,
+            cache_dir=config.cache_dir)
 
 
 def _model(config, images, seed, strategy, normalization):
