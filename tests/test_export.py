@@ -64,12 +64,17 @@ def uint8_images(batch=7, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
 
 
-def trained_model(variant, depth=8, num_classes=10):
-    """A model whose BN statistics and weights have moved off their initial values."""
-    model = FastResNet(depth, variant, num_classes=num_classes)
-    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    images = uint8_images(32, seed=1).astype("float32")
-    model.fit(images, np.arange(32) % num_classes, epochs=1, batch_size=16, verbose=0)
+def model_with_moved_statistics(variant, shortcut="A", seed=0, num_classes=10):
+    """A depth-8 model (3 blocks) whose BN statistics and affine parameters are far from their
+    initial values, so that a BN folded wrongly, or not at all, changes the answers."""
+    rng = np.random.default_rng(seed)
+    model = FastResNet(8, variant, shortcut=shortcut, num_classes=num_classes)
+    for weight in model.weights:
+        name = weight.path.rsplit("/", 1)[-1]
+        if name in ("gamma", "moving_variance"):
+            weight.assign(rng.uniform(0.5, 2.0, weight.shape))
+        elif name in ("beta", "moving_mean"):
+            weight.assign(rng.normal(0.0, 0.5, weight.shape))
     return model
 
 
@@ -78,7 +83,7 @@ def test_every_variant_serves_without_this_package(tmp_path):
     np.save(tmp_path / "images.npy", images)
     models, exports = {}, {}
     for variant in VARIANTS:
-        models[variant] = trained_model(variant)
+        models[variant] = model_with_moved_statistics(variant)
         exports[variant] = str(export_saved_model(models[variant], tmp_path / variant))
     site_dir = site_without_keras(tmp_path / "site")
     result = subprocess.run(
@@ -110,7 +115,7 @@ def test_the_signature_def_and_saved_model_cli_run(tmp_path):
     itself; then `saved_model_cli run`, the tool a user tries first, in a process of its own."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    model = trained_model("type1", num_classes=100)
+    model = model_with_moved_statistics("type1", num_classes=100)
     export = export_saved_model(model, tmp_path / "serving")
     saved_model = saved_model_pb2.SavedModel.FromString((export / "saved_model.pb").read_bytes())
     [graph] = [g for g in saved_model.meta_graphs if "serve" in g.meta_info_def.tags]
@@ -324,7 +329,7 @@ def test_export_cli_and_predict_on_image_files(tmp_path, capsys):
 
     from keras_fastres.commands import export, predict
 
-    model = trained_model("type1")
+    model = model_with_moved_statistics("type1")
     model.save(tmp_path / "model.keras")
     assert export.main(["--model", str(tmp_path), "--export-dir", str(tmp_path / "serving")]) == 0
     assert capsys.readouterr().out == f"Wrote {tmp_path / 'serving' / '1'}\n"
@@ -430,20 +435,6 @@ def test_exports_killed_while_writing_leave_temporaries_the_next_export_removes(
     assert sorted(p.name for p in root.iterdir()) == [f".2.incomplete-{os.getpid()}", "1"]
 
 
-def model_with_moved_statistics(variant, shortcut="A", seed=0):
-    """A depth-8 model (3 blocks) whose BN statistics and affine parameters are far from their
-    initial values, so that a BN folded wrongly, or not at all, changes the answers."""
-    rng = np.random.default_rng(seed)
-    model = FastResNet(8, variant, shortcut=shortcut)
-    for weight in model.weights:
-        name = weight.path.rsplit("/", 1)[-1]
-        if name in ("gamma", "moving_variance"):
-            weight.assign(rng.uniform(0.5, 2.0, weight.shape))
-        elif name in ("beta", "moving_mean"):
-            weight.assign(rng.normal(0.0, 0.5, weight.shape))
-    return model
-
-
 def saved_model_ops(export_dir, signature="serving_default"):
     """Op types in a SavedModel signature's graph and every function it calls."""
     graph_def = tf.saved_model.load(str(export_dir)).signatures[signature].graph.as_graph_def()
@@ -494,6 +485,9 @@ def test_folded_saved_model_answers_the_same_with_fewer_batch_norms(variant, sho
                                  ("serving_float", images.astype(np.float32))):
             out = loaded.signatures[signature](images=tf.constant(batch))
             np.testing.assert_allclose(out["probabilities"], expected, atol=1e-4)
+            # The same function as an attribute of the loaded object, as Keras's exports have it.
+            as_attribute = getattr(loaded, signature)(images=tf.constant(batch))
+            np.testing.assert_array_equal(as_attribute["probabilities"], out["probabilities"])
 
 
 SERVE_ONNX_WITHOUT_KERAS = """

@@ -277,16 +277,22 @@ def test_a_worker_whose_cluster_never_assembles_stops_after_the_timeout_or_on_si
     start = time.monotonic()
     timed = worker(3, "timed", addresses[:2])
     signalled = worker(600, "signalled", ports := addresses[2:])
-    while not children(signalled.pid) and time.monotonic() - start < 60:  # the watchdog
-        time.sleep(0.05)
-    assert children(signalled.pid), "the worker never started its watchdog"
-    os.killpg(signalled.pid, signal.SIGTERM)
-    _, stderr = signalled.communicate(timeout=30)
-    assert signalled.returncode == -signal.SIGKILL
-    assert stderr.strip() == (
-        f"error: Stopped by SIGTERM while waiting for the cluster (TF_CONFIG: {ports[0]}, "
-        f"{ports[1]}) to assemble; nothing was trained.")
-    _, stderr = timed.communicate(timeout=120)
+    try:
+        while not children(signalled.pid) and time.monotonic() - start < 60:  # the watchdog
+            time.sleep(0.05)
+        assert children(signalled.pid), "the worker never started its watchdog"
+        os.killpg(signalled.pid, signal.SIGTERM)
+        _, stderr = signalled.communicate(timeout=30)
+        assert signalled.returncode == -signal.SIGKILL
+        assert stderr.strip() == (
+            f"error: Stopped by SIGTERM while waiting for the cluster (TF_CONFIG: {ports[0]}, "
+            f"{ports[1]}) to assemble; nothing was trained.")
+        _, stderr = timed.communicate(timeout=120)
+    finally:  # nothing left waiting when this fails
+        for process in (timed, signalled):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
     assert time.monotonic() - start < 60
     assert timed.returncode == -signal.SIGKILL
     assert stderr.strip() == (

@@ -262,6 +262,8 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
             tf.TensorSpec([None], tf.string, name="image_bytes"))
         captured = {id(v): v for function in signatures.values() for v in function.variables}
         root.weights = list(captured.values())
+        for name, function in signatures.items():  # also `loaded.serving_default(images=...)`
+            setattr(root, name, function)
 
         def write(folder):
             tf.saved_model.save(root, str(folder), signatures=signatures)
