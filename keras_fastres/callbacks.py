@@ -145,7 +145,7 @@ def _write_history(path, rows):
     """Replaces the history file with `rows`, atomically."""
     temporary = files.temporary_sibling(path)
     try:
-        with open(temporary, "w", newline="") as file:
+        with files.open_new(temporary, "w", newline="") as file:
             writer = csv.DictWriter(file, HistoryCSV.COLUMNS)
             writer.writeheader()
             writer.writerows(rows)

@@ -2,6 +2,7 @@
 sibling named after its writer's process and renamed into place, so a reader never sees half of
 one; what a killed writer leaves behind is removed by the next writer into the same folder."""
 
+import contextlib
 import os
 import shutil
 
@@ -9,6 +10,16 @@ import shutil
 def temporary_sibling(target):
     """The hidden sibling `target` is written into before it is renamed into place."""
     return target.parent / f".{target.name}.incomplete-{os.getpid()}"
+
+
+def open_new(path, mode="w", **kwargs):
+    """`path` opened as a new file for writing: whatever has its name (a leftover, or a
+    symbolic link planted there to make this write another file) is removed first, and the
+    open follows no link and takes no file created meanwhile (O_EXCL | O_NOFOLLOW)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a link itself, never what it points to
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(descriptor, mode, **kwargs)
 
 
 def remove_leftovers(directory):

@@ -487,5 +487,6 @@ def save_model(model, path):
 
 def write_json(path, content):
     temporary = files.temporary_sibling(Path(path))
-    temporary.write_text(json.dumps(content, indent=2, default=str) + "\n")
+    with files.open_new(temporary) as file:
+        file.write(json.dumps(content, indent=2, default=str) + "\n")
     os.replace(temporary, path)

@@ -112,6 +112,29 @@ def test_outputs_written_again_after_a_kill_reuse_the_runs_export(tmp_path):
         "export/1")
 
 
+def test_files_written_into_a_run_never_follow_a_planted_link(tmp_path):
+    """Links planted at the names a run writes (its plot) or writes through (the temporaries
+    renamed into place, named after this process) are replaced, and what they point to is
+    left as it was."""
+    run = tmp_path / "run"
+    run.mkdir()
+    victims = []
+    for name in ("error_curve.png", *(f".{name}.incomplete-{os.getpid()}" for name in (
+            "error_curve.png", "metrics.json", "history.csv"))):
+        victims.append(tmp_path / f"victim-{len(victims)}")
+        victims[-1].write_text("precious")
+        (run / name).symlink_to(victims[-1])
+    HistoryCSV(run / "history.csv").on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5,
+                                                     "test_error": 0.5})
+    write_outputs(FastResNet(8), TrainConfig(depth=8, output_dir=str(run)), {},
+                  read_history(run / "history.csv"))
+    assert [victim.read_text() for victim in victims] == ["precious"] * len(victims)
+    assert sorted(p.name for p in run.iterdir()) == [
+        "error_curve.png", "history.csv", "metrics.json", "model.keras"]
+    assert not any(p.is_symlink() for p in run.iterdir())
+    assert (run / "error_curve.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_full_disk_names_the_file_and_leaves_no_empty_model(tmp_path, monkeypatch, capsys):
     import keras
 

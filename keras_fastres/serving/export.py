@@ -36,7 +36,7 @@ import keras
 import tensorflow as tf
 
 from keras_fastres.errors import summary, tensorflow_reason
-from keras_fastres.files import remove_leftovers, temporary_sibling
+from keras_fastres.files import open_new, remove_leftovers, temporary_sibling
 from keras_fastres.machine import require_tensorflow_backend
 from keras_fastres.serving.decode import decode_batch
 from keras_fastres.serving.folding import fold_batch_norms
@@ -371,7 +371,8 @@ def publish_file(target, version, name, content, beside=None, kind=None):
     remove_leftovers(target.parent)
     temporary = temporary_sibling(target)
     try:
-        temporary.write_bytes(content)
+        with open_new(temporary, "wb") as file:  # never through a link planted at its name
+            file.write(content)
         os.link(temporary, target)  # atomic, and fails if the target appeared meanwhile
     except FileExistsError:
         raise _exists_error(target) from None
