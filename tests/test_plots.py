@@ -33,19 +33,28 @@ def test_plot_runs_writes_a_png(tmp_path):
 
 
 def test_plotting_leaves_matplotlibs_backend_alone(tmp_path):
-    """A notebook's backend stays its own: importing the plotting modules (executed again
-    here, as a first import would) and plotting switch nothing."""
-    import importlib
+    """A notebook's backend stays its own: importing the plotting modules (their code executed
+    again here, as a first import would, into fresh module objects: a reload would leave the
+    registered modules' classes changed under the modules that imported them) and plotting
+    switch nothing."""
+    import importlib.util
 
     import matplotlib
 
     from keras_fastres import compare, plots
+
+    def executed_afresh(module):
+        spec = importlib.util.spec_from_file_location(f"fresh_{module.__name__}",
+                                                      module.__file__)
+        fresh = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fresh)
+        return fresh
     previous = matplotlib.get_backend()
     matplotlib.use("svg")
     try:
-        importlib.reload(plots)
-        importlib.reload(compare)
-        plots.plot_runs([("a", rows([0.5, 0.4], [0.5, 0.6]))], tmp_path / "curve.png")
+        fresh_plots = executed_afresh(plots)
+        executed_afresh(compare)
+        fresh_plots.plot_runs([("a", rows([0.5, 0.4], [0.5, 0.6]))], tmp_path / "curve.png")
         assert matplotlib.get_backend() == "svg"
         assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
     finally:
