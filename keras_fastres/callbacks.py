@@ -2,7 +2,6 @@
 
 import csv
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -143,15 +142,12 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 def _write_history(path, rows):
     """Replaces the history file with `rows`, atomically."""
-    temporary = files.temporary_sibling(path)
     try:
-        with files.open_new(temporary, "w", newline="") as file:
+        with files.replacing(path, "w", newline="") as file:
             writer = csv.DictWriter(file, HistoryCSV.COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(temporary, path)
     except OSError as error:  # a full disk says "[Errno 28]" and no file: name it
-        Path(temporary).unlink(missing_ok=True)
         raise OSError(f"Could not write {path}: {summary(error)}. Make room and run the same "
                       f"command again: the run continues from its last backup.") from None
 

@@ -5,6 +5,7 @@ one; what a killed writer leaves behind is removed by the next writer into the s
 import contextlib
 import os
 import shutil
+from pathlib import Path
 
 
 def temporary_sibling(target):
@@ -20,6 +21,30 @@ def open_new(path, mode="w", **kwargs):
         os.unlink(path)  # a link itself, never what it points to
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     return os.fdopen(descriptor, mode, **kwargs)
+
+
+@contextlib.contextmanager
+def replacing(path, mode="w", **kwargs):
+    """A new file (`open_new`) at `path`'s temporary sibling, renamed onto `path` when the block
+    ends without an error (replacing a file, or a link planted there, never writing through
+    it); the temporary is removed whatever happens."""
+    temporary = temporary_sibling(Path(path))
+    try:
+        with open_new(temporary, mode, **kwargs) as file:
+            yield file
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def remove_folder(folder):
+    """Removes `folder` after renaming it to its hidden sibling in one step: a kill midway
+    leaves a leftover that `remove_leftovers` removes, never part of `folder`."""
+    away = temporary_sibling(Path(folder))
+    shutil.rmtree(away, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(folder, away)
+    shutil.rmtree(away, ignore_errors=True)
 
 
 def remove_leftovers(directory):

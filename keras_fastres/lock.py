@@ -11,7 +11,6 @@ holder). Never through a symbolic link planted at `.lock`.
 import contextlib
 import fcntl
 import os
-import shutil
 
 from keras_fastres import files
 
@@ -84,9 +83,7 @@ def folder_lock(folder, busy_message):
         if names == {".lock", CREATED}:
             # Away in one rename: a contender opening .lock from now on finds no folder and
             # starts again (removing the files one by one, a new .lock could appear between).
-            doomed = files.temporary_sibling(folder)
-            os.rename(folder, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            files.remove_folder(folder)
         elif CREATED in names:  # the folder holds work now: it stays, as any folder would
             (folder / CREATED).unlink(missing_ok=True)
         file.close()

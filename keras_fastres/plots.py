@@ -4,9 +4,6 @@ Figures are made with `matplotlib.figure.Figure`, not pyplot: no window, no back
 (a notebook's stays its own), nothing kept open between plots.
 """
 
-import os
-from pathlib import Path
-
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
@@ -17,13 +14,8 @@ def plot_runs(runs, path, train_error=False, title=None):
     """Test error (%) per epoch of each (label, history rows) in `runs`, into a PNG at `path`
     (written beside it and renamed into place: a link planted at `path` is replaced, never
     written through). With `train_error`, the training error too, dashed."""
-    temporary = files.temporary_sibling(Path(path))
-    try:
-        with files.open_new(temporary, "wb") as file:
-            error_figure(runs, train_error, title).savefig(file, dpi=120, format="png")
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    with files.replacing(path, "wb") as file:
+        error_figure(runs, train_error, title).savefig(file, dpi=120, format="png")
 
 
 def error_figure(runs, train_error=False, title=None):

@@ -155,7 +155,7 @@ def train(config: TrainConfig, progress=None) -> dict:
             return _train(config, run_dir, strategy, chief, progress)
     except Terminated:
         if chief and (run_dir / "metrics.json").exists():  # stopped as it ended: finish tidying
-            remove_backup(run_dir)
+            files.remove_folder(run_dir / "backup")
         raise
 
 
@@ -449,17 +449,9 @@ def write_outputs(model, config, metrics, history):
                         title=f"{config.data_name()}, ResNet-{config.depth} {config.variant}")
     with _naming(run_dir / "metrics.json"):
         write_json(run_dir / "metrics.json", metrics)
-    remove_backup(run_dir)
-
-
-def remove_backup(run_dir):
-    """Removes a finished run's backup: renamed away first, so that a run stopped midway never
-    holds part of a backup/ (`train` removes what is left when SIGTERM stopped the removal)."""
-    away = files.temporary_sibling(run_dir / "backup")
-    shutil.rmtree(away, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.rename(run_dir / "backup", away)
-    shutil.rmtree(away, ignore_errors=True)
+    # Renamed away first: a run stopped midway never holds part of a backup/ (`train` removes
+    # what is left when SIGTERM stopped the removal).
+    files.remove_folder(run_dir / "backup")
 
 
 @contextlib.contextmanager
@@ -486,7 +478,5 @@ def save_model(model, path):
 
 
 def write_json(path, content):
-    temporary = files.temporary_sibling(Path(path))
-    with files.open_new(temporary) as file:
+    with files.replacing(path) as file:
         file.write(json.dumps(content, indent=2, default=str) + "\n")
-    os.replace(temporary, path)
