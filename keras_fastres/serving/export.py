@@ -70,7 +70,7 @@ def _input_size(model):
 
 def _serving_function(model, fold_batch_norm, empty_batches=True):
     """`serve`: images (uint8 or float32 [batch, H, W, 3]) -> {"probabilities", "classes"},
-    checking the image shape at call time; and the model it runs (`model` or its folded copy).
+    checking the image shape at call time, running `model` or its folded copy.
     With `empty_batches`, a batch of 0 images is answered with empty outputs: TensorFlow's
     oneDNN convolutions fail on one, so the model runs on one blank image instead and its
     answer is dropped. (onnxruntime needs no such guard.)"""
@@ -110,7 +110,7 @@ def _serving_function(model, fold_batch_norm, empty_batches=True):
         if empty_batches:
             result = result[:count]
         return {"probabilities": result, "classes": tf.argmax(result, axis=-1)}
-    return serve, served
+    return serve
 
 
 MAX_VERSION = 2 ** 63 - 1  # TF Serving reads versions as int64
@@ -234,7 +234,7 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
     require_tensorflow_backend("SavedModel export")
     height, width = _input_size(model)
     _check_version(version)
-    serve, _ = _serving_function(model, fold_batch_norm)
+    serve = _serving_function(model, fold_batch_norm)
 
     names = getattr(model, "class_names", None)
     with tempfile.TemporaryDirectory() as assets:
@@ -255,7 +255,8 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
             return serve(decode_batch(image_bytes, height, width, resize))
         # Each traced once, as a concrete function (a tf.function given as a signature would
         # be traced again when saved).
-        signatures = {name: tf.function(serve).get_concrete_function(
+        images = tf.function(serve)
+        signatures = {name: images.get_concrete_function(
             tf.TensorSpec([None, height, width, 3], dtype, name="images"))
             for name, dtype in (("serving_default", tf.uint8), ("serving_float", tf.float32))}
         signatures["serving_bytes"] = tf.function(serve_bytes).get_concrete_function(
@@ -326,7 +327,7 @@ def onnx_bytes(model: keras.Model, fold_batch_norm: bool = True) -> bytes:
     except ImportError:
         raise ImportError('ONNX export needs tf2onnx: pip install "keras-fastres[onnx]".') from None
     height, width = _input_size(model)
-    serve, _ = _serving_function(model, fold_batch_norm, empty_batches=False)
+    serve = _serving_function(model, fold_batch_norm, empty_batches=False)
     function = tf.function(serve).get_concrete_function(
         tf.TensorSpec([None, height, width, 3], tf.uint8, name="images"))
     # Frozen first: converted with its variables (and the Normalization layer's constants) as
