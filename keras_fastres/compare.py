@@ -112,11 +112,12 @@ def compare_runs(run_dirs, figure):
                              f"{run_dir}); give each run once.")
     runs = [(Path(run_dir), *read_run(run_dir)) for run_dir in run_dirs]
     finished = [metrics for _, _, metrics in runs if metrics]
-    text = format_summary(summarize(finished)) if finished else "no finished run"
+    rows = summarize(finished)
+    text = format_summary(rows) if finished else "no finished run"
     unfinished = [str(run_dir) for run_dir, _, metrics in runs if metrics is None]
     if unfinished:
         text += f"\nunfinished, plotted but not in the table: {', '.join(unfinished)}"
-    labels = distinct_labels({configuration(metrics) for metrics in finished})
+    labels = {row["key"]: row["label"] for row in rows}
     try:
         plot_runs([(labels[configuration(metrics)] if metrics else run_dir.name, rows)
                    for run_dir, rows, metrics in runs], figure, title="test error")
