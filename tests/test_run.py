@@ -271,17 +271,18 @@ def test_sigterm_stops_after_the_current_step_and_the_run_continues(tmp_path, ca
     assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [1, 2, 3]
 
 
-def children(pid):
-    """The PIDs of `pid`'s child processes (from /proc)."""
-    found = []
+def has_watchdog(pid):
+    """Whether `pid` has started its cluster watchdog (a child running distribute.WATCHDOG; not
+    any child: `platform.processor()` runs `uname -p` for a moment while TensorFlow imports)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+            if int(fields[1]) == pid and distribute.WATCHDOG.encode() in command:
+                return True
         except OSError:  # ended meanwhile
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+    return False
 
 
 def test_a_worker_whose_cluster_never_assembles_stops_after_the_timeout_or_on_sigterm(tmp_path):
@@ -301,9 +302,9 @@ def test_a_worker_whose_cluster_never_assembles_stops_after_the_timeout_or_on_si
     timed = worker(3, "timed", addresses[:2])
     signalled = worker(600, "signalled", ports := addresses[2:])
     try:
-        while not children(signalled.pid) and time.monotonic() - start < 60:  # the watchdog
+        while not has_watchdog(signalled.pid) and time.monotonic() - start < 60:
             time.sleep(0.05)
-        assert children(signalled.pid), "the worker never started its watchdog"
+        assert has_watchdog(signalled.pid), "the worker never started its watchdog"
         os.killpg(signalled.pid, signal.SIGTERM)
         _, stderr = signalled.communicate(timeout=30)
         assert signalled.returncode == -signal.SIGKILL
