@@ -17,23 +17,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from keras_fastres.data import ARCHIVES
-
-# The CPU as two logical devices for the whole session, as `--cpu-replicas 2` asks (TensorFlow
-# fixes its devices when its runtime starts, and make_strategy keeps a matching split): the
-# two-device runs are tested in this process, beside their one-device references. Every other
-# strategy places its work on the first device, as in a process of its own.
 CPU_REPLICAS = 2
-tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
-                                           [tf.config.LogicalDeviceConfiguration()] * CPU_REPLICAS)
+
+
+def pytest_configure(config):
+    """The CPU as two logical devices for the whole session, as `--cpu-replicas 2` asks
+    (TensorFlow fixes its devices when its runtime starts, and make_strategy keeps a matching
+    split): the two-device runs are tested in this process, beside their one-device references.
+    Every other strategy places its work on the first device, as in a process of its own. Not
+    in pytest-xdist's controller, which runs no test (TensorFlow's start there would only delay
+    its workers')."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    import tensorflow as tf
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * CPU_REPLICAS)
 
 
 def write_cifar_archive(directory, name, train, test, packed=True):
     """Writes (images, labels) splits in the official python-version layout: pickled dicts with
     b"data" (N, 3072) uint8 rows of 1024 red, green, blue values, and the labels list; as the
     .tar.gz that the CIFAR site serves (packed) or as its extracted folder. Returns the path."""
+    from keras_fastres.data import ARCHIVES
+
     archive, folder, members, label_key = ARCHIVES[name]
     files = {}
     for (images, labels), split in ((train, "train"), (test, "test")):
@@ -141,16 +149,35 @@ def digits_run(tmp_path_factory):
     text file, a damaged PNG and a decompression bomb's header among the training images, and
     a FastResNet-8 trained on them for 10 epochs through fastres-train, with its SavedModel
     export: (the folder, the run directory), shared by the tests that need a model that learned
-    something. What the command printed is beside the run, in train.out and train.err."""
+    something, which only read them. What the command printed is beside the run, in train.out
+    and train.err. Trained once per session: the first pytest-xdist worker to need it trains it
+    under a lock, in the directory the workers share, and the other finds it there."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    work = shared / "digits-run"
+    with open(shared / "digits-run.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (work / "trained").exists():
+            train_digits(work)
+            (work / "trained").touch()
+    return work / "digits", work / "run"
+
+
+def train_digits(work):
+    """digits_run's folder and run, made in `work` (anew, after a worker that failed)."""
     import contextlib
     import io
+    import shutil
     import warnings
 
     from test_own_images import digits_folder, png_header
 
     from keras_fastres.commands.train import command
 
-    work = tmp_path_factory.mktemp("digits")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     root = digits_folder(work / "digits")
     (root / "train" / "one" / "notes.txt").write_text("not an image: ignored")
     (root / "train" / "two" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
@@ -166,4 +193,3 @@ def digits_run(tmp_path_factory):
     (work / "train.out").write_text(out.getvalue())
     (work / "train.err").write_text(err.getvalue())
     assert code == 0, err.getvalue()
-    return root, run
