@@ -30,10 +30,16 @@ def pytest_configure(config):
     its workers')."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return
-    import tensorflow as tf
-    tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0],
-        [tf.config.LogicalDeviceConfiguration()] * CPU_REPLICAS)
+    capture = config.pluginmanager.getplugin("capturemanager")
+    capture.resume_global_capture()
+    try:
+        import tensorflow as tf
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0],
+            [tf.config.LogicalDeviceConfiguration()] * CPU_REPLICAS)
+    finally:  # TensorFlow's start-up lines (logged before its log level applies) dropped
+        capture.suspend_global_capture()
+        capture.read_global_capture()
 
 
 def write_cifar_archive(directory, name, train, test, packed=True):
