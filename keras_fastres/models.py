@@ -11,6 +11,7 @@
 Depth counts the convolutions on the longest path: 6n + 2.
 """
 
+import os
 import warnings
 import zipfile
 import zlib
@@ -319,7 +320,7 @@ def _check_sizes(model_file):
                 f"a member (a zip bomb?); not loaded.")
 
 
-def load_model(path) -> keras.Model:
+def load_model(path: str | os.PathLike) -> keras.Model:
     """The Keras model of a finished training run's directory (its model.keras) or of a .keras
     file. A ValueError when there is no such file, a `DamagedFile` when it cannot be loaded."""
     path = Path(path)
