@@ -86,7 +86,7 @@ def test_archive_pickles_cannot_run_code(tmp_path):
 @pytest.mark.parametrize("name, num_classes", [("cifar10", 10), ("cifar100", 100)])
 def test_tfds_source_through_mock_data(name, num_classes, tmp_path):
     with tfds.testing.mock_data(num_examples=40), \
-            mock.patch.object(data.cifar, "host_reachable", return_value=True):
+            mock.patch.object(data.catalog, "host_reachable", return_value=True):
         cifar = data.load_cifar(name, "tfds", tmp_path)
     assert cifar.train.images.shape == (40, 32, 32, 3) and cifar.train.images.dtype == np.uint8
     assert cifar.test.labels.shape == (40,) and cifar.test.labels.dtype == np.int64

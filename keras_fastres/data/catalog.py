@@ -189,17 +189,21 @@ def host_reachable(host, timeout=5.0):
     return result.get("ok", False)
 
 
-def _check_hosts(builder, name):
-    """DataUnavailableError when a host the data set downloads from (its checksums file's
-    URLs) cannot be reached: TFDS would retry for minutes, and leave partial files."""
-    hosts = sorted({urlparse(url).hostname for url in type(builder).url_infos or {}} - {None})
+def check_hosts(builder, name, hosts, advice):
+    """DataUnavailableError, ending with `advice`, when one of `hosts` that the data set
+    downloads from cannot be reached: TFDS would retry for minutes, and leave partial files."""
     unreachable = [] if behind_proxy() else [h for h in hosts if not host_reachable(h)]
     if unreachable:
         raise DataUnavailableError(
             f"TFDS data set {name!r} is not prepared in {builder.data_dir} and "
-            f"{', '.join(unreachable)} cannot be reached to download it. Connect this machine "
-            f"to the network, or prepare the data set where there is one and pass its folder "
-            f"with --data-dir.")
+            f"{', '.join(unreachable)} cannot be reached to download it. {advice}")
+
+
+def _check_hosts(builder, name):
+    """`check_hosts` on the hosts of the data set's checksums file's URLs."""
+    hosts = sorted({urlparse(url).hostname for url in type(builder).url_infos or {}} - {None})
+    check_hosts(builder, name, hosts, "Connect this machine to the network, or prepare the data "
+                "set where there is one and pass its folder with --data-dir.")
 
 
 METADATA_HOST = "storage.googleapis.com"  # TFDS's public bucket gs://tfds-data

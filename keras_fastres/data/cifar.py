@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_fastres.data.catalog import behind_proxy, host_reachable, prepared_builder, read_split
+from keras_fastres.data.catalog import check_hosts, prepared_builder, read_split
 from keras_fastres.data.splits import DataUnavailableError, ImageData, Split, check_labels
 
 DATASETS = ("cifar10", "cifar100")
@@ -122,11 +122,7 @@ def _load_tfds(name, data_dir, download):
     help_text = HOW_TO_PROVIDE.format(archive=archive, folder=folder)
 
     def check_network(builder):
-        if not behind_proxy() and not host_reachable(CIFAR_HOST):
-            # TFDS would retry the lookup for minutes before failing; answer now instead.
-            raise DataUnavailableError(
-                f"TFDS data set {name!r} is not prepared in {builder.data_dir} and "
-                f"{CIFAR_HOST} cannot be reached to download it. {help_text}")
+        check_hosts(builder, name, (CIFAR_HOST,), help_text)
     builder = prepared_builder(name, data_dir, download, help_text, check_network)
     try:
         return cifar_data(name, *(read_split(builder, split) for split in ("train", "test")))
