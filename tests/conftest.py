@@ -174,7 +174,6 @@ def digits_run(tmp_path_factory):
 def train_digits(work):
     """digits_run's folder and run, made in `work` (anew, after a worker that failed)."""
     import contextlib
-    import io
     import shutil
     import warnings
 

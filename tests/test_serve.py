@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,11 +17,7 @@ import pytest
 
 from keras_fastres.serving.predict import predict
 
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from conftest import free_ports
 
 
 def call(url, body=None, timeout=60):
@@ -46,7 +41,7 @@ def server(digits_run, tmp_path):
     output file). Its output goes to a file: a server logs every request, and a pipe nobody
     reads would fill and stop it."""
     _, run = digits_run
-    port = free_port()
+    port, = free_ports(1)
     log = tmp_path / "server.log"
     with open(log, "w") as output:
         process = subprocess.Popen(
@@ -127,7 +122,7 @@ def test_it_answers_like_predict_refuses_bad_requests_and_stops_on_sigterm(digit
 
 def test_a_folder_without_a_savedmodel_is_one_line(tmp_path, capsys):
     from keras_fastres.commands.serve import main
-    assert main([str(tmp_path), "--port", str(free_port())]) == 2
+    assert main([str(tmp_path), "--port", str(free_ports(1)[0])]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"error: No model in {tmp_path}") and error.count("\n") == 1, error
 
