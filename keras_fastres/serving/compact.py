@@ -62,8 +62,9 @@ def calibration_images(split, count=CALIBRATION_IMAGES, seed=0):
 def quantize_onnx(content: bytes, calibration: np.ndarray, batch: int = 32) -> bytes:
     """The float ONNX model `content` (export.onnx_bytes) quantized statically to int8 (QDQ,
     per-channel weights in 7 bits: on CPUs without VNNI onnxruntime sums uint8 x int8 pairs in
-    saturating 16 bits, which full-range weights overflow; uint8 activations) with activation ranges calibrated on the uint8
-    images `calibration`; its metadata (class names, resize mode) kept."""
+    saturating 16 bits, which full-range weights overflow; uint8 activations) with activation
+    ranges calibrated on the uint8 images `calibration`; its metadata (class names, resize
+    mode) kept."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
