@@ -1,7 +1,7 @@
 """The paper's speed comparison on this machine: training-step time of every block variant,
 side by side in one process, with FLOPs and the fraction of the device's matmul peak; or, with
---inference, the serving speed of the exported models (SavedModel with BNs folded and not,
-ONNX on onnxruntime); or, with --pipeline, the training input pipeline alone.
+the subcommand `inference`, the serving speed of the exported models (SavedModel with BNs folded
+and not, ONNX on onnxruntime); or, with `pipeline`, the training input pipeline alone.
 
     python recipes/benchmark.py                  # the README's table
     python recipes/benchmark.py --help           # every option; more examples in

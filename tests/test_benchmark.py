@@ -181,7 +181,7 @@ def test_loader_benchmark_counts_the_images_it_decoded(tmp_path, capsys):
         (tmp_path / f"class{index % 2}").mkdir(exist_ok=True)
         Image.new("RGB", (64, 64), (index, 0, 0)).save(tmp_path / f"class{index % 2}/{index}.jpg")
     (tmp_path / "class0" / "broken.jpg").write_bytes(b"no jpeg")
-    assert main(["--loader", str(tmp_path), "--image-size", "16", "--rounds", "2", "--workers",
+    assert main(["loader", str(tmp_path), "--image-size", "16", "--rounds", "2", "--workers",
                  "1,2", "--json", str(tmp_path / "loader.json")]) == 0
     one, two = json.loads((tmp_path / "loader.json").read_text())["results"]
     for workers, result in ((1, one), (2, two)):
@@ -192,7 +192,7 @@ def test_loader_benchmark_counts_the_images_it_decoded(tmp_path, capsys):
     assert "loader images/s" in capsys.readouterr().out
     assert not list(tmp_path.glob("*/folders"))  # each round's cache was its own, now gone
     with pytest.raises(SystemExit) as refused:
-        main(["--loader", str(tmp_path / "none")])
+        main(["loader", str(tmp_path / "none")])
     assert refused.value.code == 2
 
 
@@ -211,7 +211,7 @@ def test_the_loader_benchmark_on_a_folder_it_cannot_read_is_one_line(tmp_path, m
             raise PermissionError(13, "Permission denied", str(path))
         return listdir(path)
     monkeypatch.setattr(os, "listdir", refused)
-    assert main(["--loader", str(tmp_path), "--rounds", "1", "--workers", "1"]) == 1
+    assert main(["loader", str(tmp_path), "--rounds", "1", "--workers", "1"]) == 1
     error = capsys.readouterr().err  # after the progress lines, one line and no traceback
     assert error.endswith(f"\nerror: Cannot read the folder {tmp_path} (Permission denied).\n")
     assert "Traceback" not in error and error.count("error:") == 1
@@ -243,7 +243,7 @@ def test_steps_per_call_are_compared_in_one_process():
 
 def test_the_report_for_gpu_owners_runs_quick_on_the_cpu(tmp_path, capsys, monkeypatch):
     out = tmp_path / "report.json"
-    assert run_recipe("benchmark", ["--report", "--quick", "--json", out], monkeypatch) == 0
+    assert run_recipe("benchmark", ["report", "--quick", "--json", out], monkeypatch) == 0
     result = capsys.readouterr()
     report = json.loads(out.read_text())
     assert report["kind"] == "report" and report["quick"] and report["device"]
@@ -270,7 +270,34 @@ def test_a_report_whose_json_name_ends_in_md_is_refused(tmp_path, capsys):
     """The Markdown copy goes to FILE with .md: with FILE.md it would overwrite the JSON."""
     from keras_fastres.commands.benchmark import main
     with pytest.raises(SystemExit) as refused:
-        main(["--report", "--quick", "--json", str(tmp_path / "report.md")])
+        main(["report", "--quick", "--json", str(tmp_path / "report.md")])
     assert refused.value.code == 2
     assert "give a name such as report.json" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_benchmark_is_a_subcommand_and_the_old_flags_still_select_it(capsys):
+    from keras_fastres.commands.benchmark import SUBCOMMANDS, parser, with_subcommand
+    assert with_subcommand([]) == ["train"]
+    assert with_subcommand(["--depths", "8"]) == ["train", "--depths", "8"]
+    for name in SUBCOMMANDS:
+        assert with_subcommand([name, "--rounds", "2"]) == [name, "--rounds", "2"]
+    assert capsys.readouterr().err == ""
+    old = {("--inference", "--depths", "8"): ["inference", "--depths", "8"],
+           ("--rounds", "2", "--pipeline"): ["pipeline", "--rounds", "2"],
+           ("--serve",): ["serve"],
+           ("--report", "--quick"): ["report", "--quick"],
+           ("--image-size", "8", "--loader", "DIR"): ["loader", "--image-size", "8", "DIR"],
+           ("--loader=DIR", "--workers", "1"): ["loader", "DIR", "--workers", "1"]}
+    for argv, expected in old.items():
+        assert with_subcommand(list(argv)) == expected
+        flag = argv[[a.split("=")[0] for a in argv].index(f"--{expected[0]}")].split("=")[0]
+        assert capsys.readouterr().err == (
+            f"warning: {flag} is deprecated and goes in 0.5; use 'fastres-benchmark "
+            f"{expected[0]}{' DIR' if expected[0] == 'loader' else ''}'\n")
+    args = parser().parse_args(["inference"])  # each subcommand has its own defaults
+    assert (args.depths, args.variants) == ([110], ["preact", "type1"])
+    args = parser().parse_args(["train"])
+    assert (args.depths, args.variants) == ([20, 56, 110], ["preact", "type1", "type2", "v1"])
+    with pytest.raises(SystemExit):  # an option of another benchmark is refused
+        parser().parse_args(["pipeline", "--steps", "3"])

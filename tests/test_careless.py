@@ -74,6 +74,7 @@ def test_a_benchmark_report_that_cannot_be_written_names_its_file(tmp_path, caps
                  "--workers", "1", "--json", "/dev/full"]) == 1
     out, err = capsys.readouterr()
     assert "loader images/s" in out  # the table came first
+    assert err.startswith("warning: --loader is deprecated")  # 0.3's flag, still served
     assert err.endswith("error: Could not write /dev/full: No space left on device; the table "
                         "is above.\n")
 

@@ -67,7 +67,7 @@ def test_bad_inference_arguments():
 
 def test_benchmark_recipe_inference_writes_json(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out.json"
-    assert run_recipe("benchmark", ["--inference", "--depths", "8", "--variants", "preact",
+    assert run_recipe("benchmark", ["inference", "--depths", "8", "--variants", "preact",
                                     "--batch-size", "2", "--rounds", "1", "--json", out],
                       monkeypatch) == 0
     result = capsys.readouterr()

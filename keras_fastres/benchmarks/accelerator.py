@@ -1,4 +1,4 @@
-"""One command for whoever has an accelerator: `fastres-benchmark --report --json FILE`.
+"""One command for whoever has an accelerator: `fastres-benchmark report --json FILE`.
 
 On whatever device TensorFlow finds, in about 10 minutes on one GPU: the training benchmark
 for depths 20 and 110, preact and type1, float32 and the device's fast mixed precision, XLA

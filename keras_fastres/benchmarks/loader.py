@@ -1,6 +1,6 @@
 """Images/s of loading a folder of images (`data.load_image_folder`: list, decode, make upright
 and RGB, resize, write the decode-once cache), the step before the first run on your own images
-(`fastres-benchmark --loader DIR --workers 1,2`), for each number of decoding processes."""
+(`fastres-benchmark loader DIR --workers 1,2`), for each number of decoding processes."""
 
 import os
 import statistics

@@ -1,4 +1,4 @@
-"""Requests/s and latency of `fastres-serve` (`fastres-benchmark --serve`): a FastResNet's
+"""Requests/s and latency of `fastres-serve` (`fastres-benchmark serve`): a FastResNet's
 SavedModel (random weights: speed does not depend on them) served on a free local port by the
 command itself, in a process of its own, and asked for one base64 PNG per request by 1 and by 8
 concurrent clients, the two loads interleaved round by round."""
