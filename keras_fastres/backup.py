@@ -28,10 +28,11 @@ import keras
 
 from keras_fastres import files
 from keras_fastres.errors import DamagedFile, FastResWarning, summary
+from keras_fastres.models import MODEL_FILE
 
 GENERATION = re.compile(r"epoch-(\d+)")
 KEEP = 2  # the newest generation and the one before it
-WEIGHTS, STATE = "model.keras", "state.json"
+WEIGHTS, STATE = MODEL_FILE, "state.json"  # the model as a finished run saves it
 EARLIER_WEIGHTS = "model.weights.h5"  # what releases up to 0.2.0 wrote
 
 

@@ -31,6 +31,16 @@ def check_weight_decay(weight_decay):
                          f"off), got {weight_decay!r}.")
 
 
+def check_shortcut(shortcut):
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}.")
+
+
+def check_drop_path_rate(drop_path_rate):
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+
+
 def kernel_regularizer(weight_decay):
     """L2 penalty whose gradient is `weight_decay * w` (Keras's L2(l) differentiates to 2*l*w)."""
     check_weight_decay(weight_decay)
@@ -69,12 +79,10 @@ class ResidualBlock(layers.Layer):
                  folded: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         check_implementation(batch_norm)
-        if shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}.")
+        check_shortcut(shortcut)
         if strides not in (1, 2):
             raise ValueError(f"strides must be 1 or 2, got {strides!r}.")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+        check_drop_path_rate(drop_path_rate)
         self.filters = filters
         self.strides = strides
         self.shortcut = shortcut

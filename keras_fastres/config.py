@@ -249,8 +249,7 @@ def check_config(config):
             not isinstance(config.seed, bool) and isinstance(config.seed, int)
             and 0 <= config.seed <= MAX_SEED):
         raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {config.seed!r}.")
-    if not 0 <= config.drop_path_rate < 1:
-        raise ValueError(f"drop_path_rate must be in [0, 1), got {config.drop_path_rate!r}.")
+    blocks.check_drop_path_rate(config.drop_path_rate)
     check_dataset_name(config.dataset)
     _check_data_settings(config)
     if config.source == "archive" and not config.data_dir:

@@ -7,10 +7,12 @@ import os
 import shutil
 from pathlib import Path
 
+INCOMPLETE = "incomplete"  # the word naming every temporary file or folder the package writes
+
 
 def temporary_sibling(target):
     """The hidden sibling `target` is written into before it is renamed into place."""
-    return target.parent / f".{target.name}.incomplete-{os.getpid()}"
+    return target.parent / f".{target.name}.{INCOMPLETE}-{os.getpid()}"
 
 
 def open_new(path, mode="w", **kwargs):
@@ -50,9 +52,9 @@ def remove_folder(folder):
 def remove_leftovers(directory):
     """Removes the hidden temporaries that writers killed while writing left in `directory`
     (those of a process still running are its work in progress, and stay)."""
-    for path in directory.glob(".*.incomplete-*") if directory.is_dir() else ():
+    for path in directory.glob(f".*.{INCOMPLETE}-*") if directory.is_dir() else ():
         pid = path.name.rsplit("-", 1)[1]
-        if not pid.isdigit() or _process_exists(int(pid)):
+        if not pid.isdigit() or process_exists(int(pid)):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -60,7 +62,8 @@ def remove_leftovers(directory):
             path.unlink(missing_ok=True)
 
 
-def _process_exists(pid):
+def process_exists(pid):
+    """True while a process `pid` runs on this host (another user's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -21,14 +21,12 @@ import keras
 from keras import layers
 
 from keras_fastres.batch_norm import bn_layer, check_implementation
-from keras_fastres.blocks import BLOCKS, SHORTCUTS, kernel_regularizer
+from keras_fastres.blocks import BLOCKS, check_drop_path_rate, check_shortcut, kernel_regularizer
+from keras_fastres.data.decoding import check_resize
 from keras_fastres.errors import DamagedFile, summary
 
 STAGE_FILTERS = (16, 32, 64)
 MODEL_FILE = "model.keras"  # what a training run saves at its end
-# data/decoding.py's (which this module cannot import: it imports no TensorFlow); a test keeps
-# the two equal.
-RESIZE_MODES = ("stretch", "crop", "pad")
 
 # Per-channel mean and standard deviation of the 50,000 training images, on the 0-255 scale.
 CIFAR_STATS = {
@@ -187,16 +185,13 @@ class FastResNet(keras.Model):
                  resize: str = "stretch", name: str | None = None, **kwargs):
         n = blocks_per_stage(depth)
         check_variant(variant)
-        if shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}.")
+        check_shortcut(shortcut)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+        check_drop_path_rate(drop_path_rate)
         check_implementation(batch_norm)
         class_names = _check_class_names(class_names, num_classes)
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}.")
+        check_resize(resize)
         stats = _normalization_stats(normalization, num_classes)
         _check_input_shape(input_shape, None if stats is None else len(stats[0]))
         policy = keras.dtype_policies.get(dtype) if dtype else keras.config.dtype_policy()

@@ -120,11 +120,9 @@ def test_crop_and_pad_on_a_known_wide_image(tmp_path):
 
 def test_the_model_keeps_its_resize_mode_and_predict_resizes_as_trained(tmp_path):
     import keras_fastres
-    from keras_fastres.models import RESIZE_MODES
     from keras_fastres.serving.export import export_saved_model
     from keras_fastres.serving.predict import predict, resize_mode
 
-    assert RESIZE_MODES == decoding.RESIZE_MODES
     model = keras_fastres.FastResNet(8, "type1", num_classes=3, input_shape=(16, 16, 3),
                                      normalization=None, resize="crop",
                                      class_names=["red", "green", "blue"])

@@ -121,3 +121,60 @@ def test_the_models_on_jax_import_no_tensorflow():
         capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def argument_checks():
+    """{argument name: the functions whose ValueError says "<name> must ..."}, over the package."""
+    import re
+    checks = {}
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+                        and getattr(node.exc.func, "id", None) == "ValueError" and node.exc.args):
+                    continue
+                message = node.exc.args[0]
+                first = (message.values[0] if isinstance(message, ast.JoinedStr) and message.values
+                         else message)
+                text = first.value if isinstance(first, ast.Constant) else ""
+                if isinstance(text, str) and (match := re.match(r"(\w+) must\b", text)):
+                    checks.setdefault(match[1], set()).add(f"{module_name(path)}.{function.name}")
+    return checks
+
+
+def test_each_argument_is_checked_in_one_place():
+    """A setting the model zoo, the blocks and the training config all take (drop_path_rate,
+    shortcut, resize, ...) is checked by one function that the others call, so that its rule
+    and its message cannot drift apart."""
+    checks = argument_checks()
+    assert {"drop_path_rate", "shortcut", "resize", "variant", "depth"} <= set(checks)
+    # Two different rules: load_cifar takes the two CIFARs, a training run any TFDS set too.
+    assert checks.pop("dataset") == {"keras_fastres.data.cifar.check_dataset",
+                                     "keras_fastres.data.check_dataset_name"}
+    repeated = {name: sorted(where) for name, where in checks.items() if len(where) > 1}
+    assert not repeated, repeated
+
+
+def test_the_file_names_of_the_exports_are_spelled_once():
+    literals = ("model.onnx", "model.tflite", "saved_model.pb", "model.keras")
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in literals:
+                assert path.name in ("export.py", "models.py"), (path, node.lineno, node.value)
+
+
+def test_the_decoding_workers_module_imports_neither_keras_nor_tensorflow():
+    """It runs as the decoding worker process (`python -I decoding.py`), started in a fraction
+    of a second, and the model zoo takes its resize modes from it."""
+    path = PACKAGE / "data" / "decoding.py"
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported and not imported & {"keras", "tensorflow", "keras_fastres", "jax", "torch"}
+    assert "keras_fastres.data.decoding" in package_imports()["keras_fastres.models"]

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from keras_fastres.data.splits import Split
+from keras_fastres.files import INCOMPLETE, process_exists
 
 IMAGES, LABELS, MANIFEST = "images.npy", "labels.npy", "manifest.json"
-PARTIAL = ".partial-"
+PARTIAL = f".{INCOMPLETE}-"  # an entry being written: .incomplete-<host>-<pid>-<random>
 
 
 def default_cache_dir():
@@ -83,19 +84,9 @@ def new_entry(parent):
     host = socket.gethostname()
     for leftover in parent.glob(f"{PARTIAL}{host}-*"):
         pid = leftover.name[len(f"{PARTIAL}{host}-"):].split("-")[0]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not process_exists(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{PARTIAL}{host}-{os.getpid()}-", dir=parent))
-
-
-def _running(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def publish(partial, folder, manifest):

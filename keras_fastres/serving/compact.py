@@ -28,6 +28,8 @@ import tensorflow as tf
 
 from keras_fastres.serving.export import (
     CLASS_NAMES_FILE,
+    LITERT_FILE,
+    ONNX_FILE,
     RESIZE_FILE,
     _input_size,
     _probabilities_fn,
@@ -40,7 +42,6 @@ from keras_fastres.serving.folding import fold_batch_norms
 
 log = logging.getLogger(__name__)
 
-LITERT_FILE = "model.tflite"
 CALIBRATION_IMAGES = 256
 MAX_ACCURACY_DROP = 1.0  # percentage points of test error a quantized model may add
 QUANTIZATIONS = ("int8",)
@@ -289,7 +290,7 @@ def export_compact(model, export_dir, data, format="onnx", quantize=None, versio
                  100 * comparison["float_test_error"])
         check_accuracy(comparison, max_accuracy_drop)
     if format == "onnx":
-        target = publish_file(Path(export_dir), version, "model.onnx", content, kind="onnx")
+        target = publish_file(Path(export_dir), version, ONNX_FILE, content, kind="onnx")
     else:
         names = getattr(model, "class_names", None)
         beside = {RESIZE_FILE: f"{model_resize(model)}\n"}

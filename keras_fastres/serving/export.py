@@ -41,6 +41,8 @@ from keras_fastres.machine import require_tensorflow_backend
 from keras_fastres.serving.decode import decode_batch
 from keras_fastres.serving.folding import fold_batch_norms
 
+SAVED_MODEL_FILE = "saved_model.pb"  # in <export-dir>/<version>/, TF Serving's layout
+LITERT_FILE = "model.tflite"  # in <export-dir>/<version>/
 ONNX_FILE = "model.onnx"  # in <export-dir>/<version>/, the layout Triton's ONNX backend reads
 ONNX_OPSET = 17
 FORMATS = ("saved_model", "onnx", "litert")
@@ -139,7 +141,7 @@ def _exists_error(target):
                            f"one. Choose another version or export directory.")
 
 
-VERSION_FILES = {"saved_model": "saved_model.pb", "onnx": ONNX_FILE, "litert": "model.tflite"}
+VERSION_FILES = {"saved_model": SAVED_MODEL_FILE, "onnx": ONNX_FILE, "litert": LITERT_FILE}
 
 
 def check_one_format(root, kind):

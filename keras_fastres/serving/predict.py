@@ -22,10 +22,16 @@ from keras_fastres.console import check_positive_integers
 from keras_fastres.data.decoding import RESIZE_MODES, decode_image
 from keras_fastres.errors import DamagedFile, summary
 from keras_fastres.models import MODEL_FILE
-from keras_fastres.serving.compact import LITERT_FILE
-from keras_fastres.serving.export import CLASS_NAMES_FILE, ONNX_FILE, RESIZE_FILE, version_number
+from keras_fastres.serving.export import (
+    CLASS_NAMES_FILE,
+    LITERT_FILE,
+    ONNX_FILE,
+    RESIZE_FILE,
+    SAVED_MODEL_FILE,
+    version_number,
+)
 
-MODEL_FILES = (("saved_model", "saved_model.pb"), ("keras", MODEL_FILE), ("onnx", ONNX_FILE),
+MODEL_FILES = (("saved_model", SAVED_MODEL_FILE), ("keras", MODEL_FILE), ("onnx", ONNX_FILE),
                ("litert", LITERT_FILE))
 SUFFIXES = {".onnx": "onnx", ".tflite": "litert", ".keras": "keras"}
 
