@@ -9,6 +9,7 @@ This module imports only the standard library: the package imports it before Ten
 import argparse
 import contextlib
 import importlib.util
+import logging
 import os
 import sys
 from pathlib import Path
@@ -41,6 +42,14 @@ def quiet_tensorflow_start():
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # what TensorFlow logs once it has started
     # What it prints while its libraries load comes before its logging is configured, so only
     # closing the stderr file descriptor for that moment hides it.
+    with _native_stderr_hidden():
+        yield
+
+
+@contextlib.contextmanager
+def _native_stderr_hidden():
+    """File descriptor 2 on /dev/null for the duration, while Python's `sys.stderr` writes to a
+    duplicate of the real one (so the package's own lines and Python's still show)."""
     sys.stderr.flush()
     saved = os.dup(2)
     python_stderr = sys.stderr
@@ -57,6 +66,30 @@ def quiet_tensorflow_start():
         # Left open: logging handlers created meanwhile (absl's, which tf2onnx's logs reach)
         # hold this stream, a duplicate of the real stderr, and must go on writing to it.
         sys.stderr = python_stderr
+
+
+@contextlib.contextmanager
+def quiet_converters():
+    """In a command, what the converters and runtimes the exports use say that a user cannot act
+    on, hidden for the duration: the LiteRT converter's and runtime's C++ lines on file
+    descriptor 2 ("fully_quantize...", the CPU delegate's announcement), absl's warnings,
+    TensorFlow 1 deprecation notes from tf2onnx's graph functions, and onnxruntime's quantizer
+    warning through the root logger (about the final BN's 1-D scale, which it quantizes per
+    tensor); errors still show. The library leaves all of these alone; outside a command
+    (TF_CPP_MIN_LOG_LEVEL set, or the package used as a library) nothing is hidden."""
+    if not started_as_command() or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") != "3":
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in (None, "absl", "tensorflow")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with _native_stderr_hidden():
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def require_backend_installed():

@@ -159,3 +159,36 @@ def test_an_unreadable_litert_file_is_named(tmp_path, capsys):
     assert predict_main([str(tmp_path / "model.tflite"), str(tmp_path / "cat.png")]) == 1
     error = capsys.readouterr().err
     assert error.startswith(f"error: {tmp_path / 'model.tflite'} is not a complete LiteRT model")
+
+
+def test_the_library_leaves_logging_and_stderr_as_it_found_them(monkeypatch):
+    """Converting, quantizing and running the compact formats changes no logger's level and
+    no file descriptor: hiding the converters' noise is the commands' choice
+    (console.quiet_converters), never the library's."""
+    import logging
+    import os
+
+    import keras_fastres
+    from keras_fastres.serving.compact import litert_bytes, litert_runner, quantize_onnx
+    from keras_fastres.serving.export import onnx_bytes
+
+    changed = []  # by the package's own code (tf2onnx sets and resets absl's level itself)
+
+    def spy(function, describe):
+        def call(*args, **kwargs):
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("keras_fastres"):
+                changed.append(describe(*args))
+            return function(*args, **kwargs)
+        return call
+    monkeypatch.setattr(logging.Logger, "setLevel", spy(
+        logging.Logger.setLevel, lambda logger, level: (logger.name, level)))
+    monkeypatch.setattr(os, "dup2", spy(os.dup2, lambda *fds: fds))
+    level, stderr = logging.getLogger().level, os.fstat(2)  # (absl sets its own on import)
+    model = keras_fastres.FastResNet(8, num_classes=3, input_shape=(8, 8, 3), normalization=None)
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3)).astype(np.float32)
+    runner = litert_runner(litert_bytes(model, "int8", images))
+    assert runner(images=images.astype(np.uint8))["classes"].shape == (8,)
+    assert quantize_onnx(onnx_bytes(model), images.astype(np.uint8), batch=4)
+    assert changed == []
+    assert logging.getLogger().level == level
+    assert (os.fstat(2).st_dev, os.fstat(2).st_ino) == (stderr.st_dev, stderr.st_ino)

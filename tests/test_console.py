@@ -42,7 +42,7 @@ def test_installed_and_module_commands_start_quietly_and_fail_in_one_line(tmp_pa
     (lambda argv: main(TrainConfig(), argv), [], "(default: 160)"),
     (export.main, [], "(default: saved_model)"),
     (predict.main, [], "(default: 3)"),
-    (benchmark.main, [], "(default: 128)"),
+    (benchmark.main, ["train"], "(default: 128)"),
 ])
 def test_help_shows_the_defaults(command, argv, default, capsys):
     with pytest.raises(SystemExit) as exit:

@@ -33,7 +33,13 @@ from keras_fastres.benchmarks import accelerator, inference, loader, pipeline, s
 from keras_fastres.benchmarks.report import format_markdown, format_table
 from keras_fastres.commands.output import print_progress, run_command
 from keras_fastres.config import PRECISIONS
-from keras_fastres.console import HelpFormatter, positive_integer, program, writable_file
+from keras_fastres.console import (
+    HelpFormatter,
+    positive_integer,
+    program,
+    quiet_converters,
+    writable_file,
+)
 from keras_fastres.errors import summary
 
 DEPTHS = "20,56,110"
@@ -200,8 +206,10 @@ def benchmark(args):
     elif args.subcommand == "inference":
         print(f"Benchmarking serving: depths {args.depths}, variants {args.variants}, "
               f"batch {args.batch_size} and batch 1, {args.rounds} rounds.", file=sys.stderr)
-        report = inference.run_inference_benchmark(
-            args.depths, args.variants, args.batch_size, args.rounds, progress=print_progress)
+        with quiet_converters():
+            report = inference.run_inference_benchmark(
+                args.depths, args.variants, args.batch_size, args.rounds,
+                progress=print_progress)
     else:
         jit = {"auto": [None], "on": [True], "off": [False],
                "both": [False, True]}[args.jit_compile]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from keras_fastres.commands.output import run_command
-from keras_fastres.console import HelpFormatter, positive_integer, program
+from keras_fastres.console import HelpFormatter, positive_integer, program, quiet_converters
 from keras_fastres.machine import require_tensorflow_backend
 from keras_fastres.models import MODEL_FILE, load_model
 from keras_fastres.serving.compact import (
@@ -80,7 +80,7 @@ def main(argv=None):
             target = export_saved_model(model, args.export_dir, version,
                                         fold_batch_norm=not args.no_fold)
         print(f"Wrote {target}")
-    return run_command(export)
+    return run_command(quiet_converters()(export))
 
 
 if __name__ == "__main__":

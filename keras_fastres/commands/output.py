@@ -10,7 +10,6 @@
 import contextlib
 import logging
 import sys
-import time
 import warnings
 
 from keras_fastres.errors import (
@@ -92,16 +91,19 @@ def run_command(body, stopped_hint="", advice=None, log_level=logging.INFO):
         return exit_status(error)
 
 
-def progress_bar(label):
-    """A `progress(done, total)` callable drawing a bar rewritten in place on stdout, for a
-    terminal (elsewhere the library's start and end log lines say enough)."""
-    start = time.perf_counter()
+def progress_bar(label, unit="image"):
+    """A `progress(done, total)` callable: `label` on a line, then Keras's own progress bar
+    (the one `fit` draws) rewritten in place on stdout, for a terminal (elsewhere the library's
+    start and end log lines say enough)."""
+    import keras
+    bar = None
 
     def show(done, total):
-        filled = 30 * done // max(total, 1)
-        end = f" in {time.perf_counter() - start:.1f} s\n" if done == total else ""
-        print(f"\r{label}: [{'=' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}{end}",
-              end="", flush=True)
+        nonlocal bar
+        if bar is None:
+            print(f"{label}:", flush=True)
+            bar = keras.utils.Progbar(total, unit_name=unit)
+        bar.update(done, finalize=done >= total)
     return show
 
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from keras_fastres.commands.output import run_command
-from keras_fastres.console import HelpFormatter, positive_integer, program
+from keras_fastres.console import HelpFormatter, positive_integer, program, quiet_converters
 from keras_fastres.errors import DamagedFile
 from keras_fastres.serving.predict import predict
 
@@ -38,7 +38,7 @@ def main(argv=None):
             raise DamagedFile(f"{len(unreadable)} of {len(args.images)} images could not be "
                               f"read ({', '.join(map(str, unreadable[:5]))}); the others are "
                               f"classified above.")
-    return run_command(show_predictions)
+    return run_command(quiet_converters()(show_predictions))
 
 
 if __name__ == "__main__":

@@ -88,16 +88,10 @@ def quantize_onnx(content: bytes, calibration: np.ndarray, batch: int = 32) -> b
             "float.onnx", "prepared.onnx", "int8.onnx"))
         float_file.write_bytes(content)
         quant_pre_process(str(float_file), str(prepared), skip_symbolic_shape=True)
-        logger = logging.getLogger()  # onnxruntime warns through the root logger about the
-        level = logger.level          # final BN's 1-D scale, which it quantizes per tensor
-        logger.setLevel(logging.ERROR)
-        try:
-            quantize_static(str(prepared), str(quantized), Images(),
-                            quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            reduce_range=True)
-        finally:
-            logger.setLevel(level)
+        quantize_static(str(prepared), str(quantized), Images(),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=True)
         model = onnx.load(str(quantized))
     metadata = {entry.key: entry.value for entry in onnx.load_from_string(content).metadata_props}
     del model.metadata_props[:]
@@ -172,24 +166,7 @@ def litert_bytes(model: keras.Model, quantize: str | None = None,
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.uint8
-        return _quietly(converter.convert)
-
-
-def _quietly(convert):
-    """The converter's result, without its log lines (absl warnings, the C++ converter's
-    "fully_quantize..." on stderr) that a user of the export cannot act on."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            return convert()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        absl.setLevel(level)
+        return converter.convert()
 
 
 def check_quantize(quantize):
@@ -246,15 +223,11 @@ def litert_runner(content):
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         Interpreter = tf.lite.Interpreter
-    def open_and_warm():
-        runner = Interpreter(model_content=content, num_threads=os.cpu_count()
-                             ).get_signature_runner("serving_default")
-        images = runner.get_input_details()["images"]
-        runner(images=np.zeros(images["shape"], images["dtype"]))
-        return runner
-    # Quietly: the runtime announces its CPU delegate on stderr (at the first call), which a
-    # user cannot act on.
-    return _quietly(open_and_warm)
+    runner = Interpreter(model_content=content, num_threads=os.cpu_count()
+                         ).get_signature_runner("serving_default")
+    images = runner.get_input_details()["images"]
+    runner(images=np.zeros(images["shape"], images["dtype"]))  # warmed up
+    return runner
 
 
 def export_compact(model, export_dir, data, format="onnx", quantize=None, version="auto",

@@ -336,17 +336,9 @@ def onnx_bytes(model: keras.Model, fold_batch_norm: bool = True) -> bytes:
     # captures, tf2onnx made them extra graph inputs that onnxruntime then demands.
     frozen = convert_variables_to_constants_v2(function)
     outputs = dict(zip(sorted(function.structured_outputs), (t.name for t in frozen.outputs)))
-    # tf2onnx calls TensorFlow 1 graph functions, which log deprecation notes a user of this
-    # export cannot act on; errors still show.
-    tf_logger = tf.get_logger()
-    level = tf_logger.level
-    tf_logger.setLevel("ERROR")
-    try:
-        proto, _ = tf2onnx.convert.from_graph_def(
-            frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
-            output_names=[outputs["probabilities"], outputs["classes"]], opset=ONNX_OPSET)
-    finally:
-        tf_logger.setLevel(level)
+    proto, _ = tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
+        output_names=[outputs["probabilities"], outputs["classes"]], opset=ONNX_OPSET)
     _rename_values(proto.graph, {frozen.inputs[0].name: "images",
                                  **{tensor: name for name, tensor in outputs.items()}})
     names = getattr(model, "class_names", None)
