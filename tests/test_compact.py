@@ -117,23 +117,38 @@ def test_predict_reads_every_format_and_goes_past_an_unreadable_image(digits_run
         assert np.mean([a == b for a, b in zip(first, other)]) >= 10 / 11
 
 
+def test_the_accuracy_gate_allows_the_drop_it_is_given_and_no_more():
+    from keras_fastres.serving.compact import AccuracyDropped, check_accuracy
+
+    comparison = {"agreement": 0.95, "float_test_error": 0.02, "quantized_test_error": 0.035,
+                  "test_images": 397}
+    with pytest.raises(AccuracyDropped) as dropped:
+        check_accuracy(comparison, max_drop=1)
+    assert str(dropped.value) == (
+        "The int8 model's test error is 3.50% against 2.00% for the float model (+1.50 "
+        "points, more than --max-accuracy-drop 1; top-1 agreement 95.00%): not published.")
+    check_accuracy(comparison, max_drop=2)
+    check_accuracy({**comparison, "quantized_test_error": 0.01}, max_drop=0)  # better: passes
+    with pytest.raises(AccuracyDropped):
+        check_accuracy({**comparison, "quantized_test_error": 0.0201}, max_drop=0)
+
+
 def test_a_quantized_model_that_loses_accuracy_is_not_published(digits_run, tmp_path, capsys,
                                                                  monkeypatch):
+    """The gate's verdict (above) stops the export before anything is written; the quantizer
+    itself is test_int8_models_agree_...'s, so here it passes the float model through."""
     from keras_fastres.serving import compact
 
     _, run = digits_run
+    monkeypatch.setattr(compact, "quantize_onnx", lambda content, *args, **kwargs: content)
     monkeypatch.setattr(compact, "compare", lambda *args: {
         "agreement": 0.95, "float_test_error": 0.02, "quantized_test_error": 0.035,
         "test_images": 397})
     assert export_main(["--model", str(run), "--export-dir", str(tmp_path / "o"), "--format",
                         "onnx", "--quantize", "int8"]) == 1
-    error = capsys.readouterr().err
-    assert ("The int8 model's test error is 3.50% against 2.00% for the float model (+1.50 "
-            "points, more than --max-accuracy-drop 1; top-1 agreement 95.00%): not "
-            "published.") in error
+    assert "more than --max-accuracy-drop 1; top-1 agreement 95.00%): not published." in (
+        capsys.readouterr().err)
     assert not any(p.name.isdigit() for p in (tmp_path / "o").glob("*"))
-    assert export_main(["--model", str(run), "--export-dir", str(tmp_path / "o"), "--format",
-                        "onnx", "--quantize", "int8", "--max-accuracy-drop", "2"]) == 0
 
 
 @pytest.mark.parametrize("args, message", [

@@ -128,10 +128,10 @@ def test_a_folder_without_a_savedmodel_is_one_line(tmp_path, capsys):
 
 
 def test_the_serve_benchmark_counts_what_it_sent(tmp_path, capsys):
-    """Few requests: the report's structure and arithmetic, not a speed (the README's numbers
-    come from `fastres-benchmark serve`)."""
+    """Few requests: every request sent is answered and counted, not a speed (the README's
+    numbers come from `fastres-benchmark serve`)."""
     from keras_fastres.commands.benchmark import main
-    assert main(["--serve", "--rounds", "2", "--json", str(tmp_path / "serve.json")]) == 0
+    assert main(["serve", "--rounds", "2", "--json", str(tmp_path / "serve.json")]) == 0
     report = json.loads((tmp_path / "serve.json").read_text())
     one, eight = report["results"]
     assert (one["clients"], eight["clients"]) == (1, 8)
