@@ -26,7 +26,7 @@ SHORTCUTS = ("A", "B")
 
 def check_weight_decay(weight_decay):
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or not (
-            0 <= weight_decay < math.inf):
+            0 <= float(weight_decay) < math.inf):
         raise ValueError(f"weight_decay must be a number >= 0 (the paper's 1e-4; 0 turns it "
                          f"off), got {weight_decay!r}.")
 

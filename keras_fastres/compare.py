@@ -64,7 +64,7 @@ def summarize(finished):
     label (`distinct_labels`), runs, test error mean and std (%; std None for one run), mean
     seconds per epoch and the ratio to the preact configuration that differs only in the
     variant (None without)."""
-    groups = {}
+    groups: dict[tuple, list[dict]] = {}
     for metrics in finished:
         groups.setdefault(configuration(metrics), []).append(metrics)
     rows = []
@@ -104,7 +104,7 @@ def compare_runs(run_dirs, figure):
     table of the finished ones (`format_summary`), with a line naming any unfinished run. A
     ValueError when a run is given twice (by the same path or through a link): it would
     count as two repeats of its configuration."""
-    seen = {}
+    seen: dict[Path, Path] = {}
     for run_dir in map(Path, run_dirs):
         first = seen.setdefault(run_dir.resolve(), run_dir)
         if first is not run_dir:

@@ -49,11 +49,17 @@ def quiet_tensorflow_start():
 @contextlib.contextmanager
 def _native_stderr_hidden():
     """File descriptor 2 on /dev/null for the duration, while Python's `sys.stderr` writes to a
-    duplicate of the real one (so the package's own lines and Python's still show)."""
+    duplicate of the real one (so the package's own lines and Python's still show; a
+    `sys.stderr` that is not file descriptor 2, such as pytest's capture, is left as it is)."""
     sys.stderr.flush()
     saved = os.dup(2)
     python_stderr = sys.stderr
-    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
+    try:
+        on_descriptor_2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        on_descriptor_2 = False
+    if on_descriptor_2:
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
@@ -75,9 +81,9 @@ def quiet_converters():
     descriptor 2 ("fully_quantize...", the CPU delegate's announcement), absl's warnings,
     TensorFlow 1 deprecation notes from tf2onnx's graph functions, and onnxruntime's quantizer
     warning through the root logger (about the final BN's 1-D scale, which it quantizes per
-    tensor); errors still show. The library leaves all of these alone; outside a command
-    (TF_CPP_MIN_LOG_LEVEL set, or the package used as a library) nothing is hidden."""
-    if not started_as_command() or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") != "3":
+    tensor); errors still show. The library leaves all of these alone; with
+    TF_CPP_MIN_LOG_LEVEL set to another level than 3, nothing is hidden."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") != "3":
         yield
         return
     loggers = [logging.getLogger(name) for name in (None, "absl", "tensorflow")]

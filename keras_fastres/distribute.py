@@ -154,7 +154,8 @@ def _join_cluster(timeout):
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
-        watchdog.stdin.close()
+        if watchdog.stdin:
+            watchdog.stdin.close()
         watchdog.wait()
 
 

@@ -27,12 +27,13 @@ def initialize_from(model, path):
         other = layers.get(layer.name)
         shapes = [tuple(w.shape) for w in layer.weights]
         other_shapes = [tuple(w.shape) for w in other.weights] if other is not None else None
-        if layer.name == CLASSIFIER and other is not None and other_shapes != shapes:
+        if other is None or other_shapes is None:
+            raise _differs(model, path, f"layer {layer.name}: missing vs {shapes}")
+        if layer.name == CLASSIFIER and other_shapes != shapes:
             replaced = (other_shapes[0][-1], shapes[0][-1])
             continue
         if other_shapes != shapes:
-            found = "missing" if other is None else other_shapes
-            raise _differs(model, path, f"layer {layer.name}: {found} vs {shapes}")
+            raise _differs(model, path, f"layer {layer.name}: {other_shapes} vs {shapes}")
         layer.set_weights(other.get_weights())
         loaded += 1
     classifier = (f"the classifier replaced ({replaced[0]} -> {replaced[1]} classes, newly "

@@ -405,7 +405,7 @@ def run_seed(config, stored, strategy):
 def data_identity(images):
     """What the experiment stores of its data once loaded: the class names and, for a folder,
     which files make up each split (so a resume trains and tests on the same files)."""
-    identity = {"class_names": list(images.class_names)}
+    identity: dict[str, object] = {"class_names": list(images.class_names)}
     if images.files_digest:
         identity["data_files"] = images.files_digest
     if images.details is not None:  # the cache entry's key: each file's size and mtime too

@@ -110,8 +110,8 @@ def run_inference_benchmark(depths=(110,), variants=("preact", "type1"), batch_s
                     run(images[:1])
                     runners[depth, variant, runtime, folded] = run
 
-    throughput = {case: [] for case in runners}
-    latencies = {case: [] for case in runners}
+    throughput: dict[tuple, list[float]] = {case: [] for case in runners}
+    latencies: dict[tuple, list[float]] = {case: [] for case in runners}
     for round_index in range(1, rounds + 1):
         progress(f"round {round_index}/{rounds}")
         for case, run in runners.items():

@@ -6,6 +6,7 @@ import os
 import statistics
 import tempfile
 import time
+from typing import Any
 
 from keras_fastres import data
 from keras_fastres.console import check_positive_integers
@@ -27,8 +28,8 @@ def run_loader_benchmark(directory, image_size=32, rounds=3, progress=None, work
     check_positive_integers(rounds=rounds, **{f"workers[{i}]": w for i, w in enumerate(workers)})
     progress = progress or (lambda message: None)
     size = data.image_size_pair(image_size)
-    per_round = {count: [] for count in workers}
-    loaded = None
+    per_round: dict[int, list[float]] = {count: [] for count in workers}
+    loaded: Any = None
     for round_index in range(rounds):
         for count in workers:
             progress(f"round {round_index + 1}/{rounds}, {count} workers")

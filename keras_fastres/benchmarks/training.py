@@ -190,8 +190,8 @@ def run_benchmark(depths=(20, 56, 110), variants=("preact", "type1", "type2", "v
 
     # The peak is measured in every round too, interleaved with the models: measured once on
     # a machine that was busy at that moment, it made the models look faster than the peak.
-    seconds = {case: [] for case in cases}
-    peak_rounds = {precision: [] for precision in precisions}
+    seconds: dict[Case, list[float]] = {case: [] for case in cases}
+    peak_rounds: dict[str, list[float]] = {precision: [] for precision in precisions}
     for round_index in range(1, rounds + 1):
         for precision in precisions:
             progress(f"round {round_index}/{rounds}: the {precision} matmul peak")

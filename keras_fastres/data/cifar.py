@@ -187,7 +187,10 @@ def _load_archive(name, data_dir):
                 tar = stack.enter_context(tarfile.open(found))
 
                 def read(member):
-                    return tar.extractfile(f"{folder}/{member}").read()
+                    file = tar.extractfile(f"{folder}/{member}")
+                    if file is None:  # a member that is no regular file
+                        raise KeyError(f"{folder}/{member}")
+                    return file.read()
             return cifar_data(name, *(_archive_split(read, members[split], label_key)
                                  for split in ("train", "test")))
     except (OSError, EOFError, KeyError, tarfile.TarError, pickle.UnpicklingError, ValueError) as error:

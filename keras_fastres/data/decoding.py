@@ -26,6 +26,7 @@ import selectors
 import subprocess
 import sys
 import warnings
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -66,6 +67,7 @@ def decode_image(path, height, width, max_pixels=MAX_PIXELS, resize="stretch"):
 
 def _decode(path, height, width, max_pixels, resize):
     """`decode_image`'s pixels and the file's upright (columns, rows)."""
+    image: Image.Image
     try:
         image = Image.open(path)  # reads the header only
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -188,8 +190,9 @@ def decode_files(paths, output, max_pixels=MAX_PIXELS, resize="stretch", workers
         images = np.load(output, mmap_mode="r+")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            decode_into(images, enumerate(map(str, paths)), *images.shape[1:3], max_pixels,
-                        resize, report)
+            height, width = images.shape[1:3]
+            decode_into(images, enumerate(map(str, paths)), height, width, max_pixels, resize,
+                        report)
         images.flush()
     else:
         _decode_in_workers(paths, output, max_pixels, resize, workers, report)
@@ -202,7 +205,10 @@ def _decode_in_workers(paths, output, max_pixels, resize, workers, report):
     chunks = iter([(list(range(start, min(start + CHUNK, len(paths)))),
                     [str(path) for path in paths[start:start + CHUNK]])
                    for start in range(0, len(paths), CHUNK)])
-    processes, errors, waiting, pending = {}, {}, {}, {}
+    processes: dict[Any, Any] = {}  # the worker of each stdout
+    errors: dict[Any, list[str]] = {}  # the lines of each stderr
+    waiting: dict[Any, int] = {}  # chunks sent to each worker, not yet reported
+    pending: dict[Any, bytes] = {}  # the unfinished line of each stream
     selector = selectors.DefaultSelector()
 
     def send(process):
@@ -230,7 +236,7 @@ def _decode_in_workers(paths, output, max_pixels, resize, workers, report):
             # A session of its own: Ctrl-C reaches this process, which ends the workers. The
             # answers are read as raw bytes: a buffered reader could hold a second report
             # that select() then never announces, and both sides would wait.
-            process = subprocess.Popen(
+            process: Any = subprocess.Popen(
                 [sys.executable, "-I", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
             process.stdin = io.TextIOWrapper(process.stdin, write_through=True)
@@ -246,7 +252,7 @@ def _decode_in_workers(paths, output, max_pixels, resize, workers, report):
                 selector.register(stream, selectors.EVENT_READ)
         while selector.get_map():
             for key, _ in selector.select():
-                data = os.read(key.fileobj.fileno(), 65536)
+                data = os.read(key.fd, 65536)
                 if not data:
                     selector.unregister(key.fileobj)
                     continue

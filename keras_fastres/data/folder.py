@@ -70,7 +70,7 @@ def _class_folders(root):
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError as error:
         raise DataUnavailableError(f"Cannot read the folder {root} ({error.strerror}).") from None
-    seen = {}
+    seen: dict[str, Path] = {}
     for folder in folders:
         name = folder.name
         if name.splitlines() != [name]:  # \n, \r, form feed, U+2028...: not one line
@@ -141,9 +141,9 @@ def list_images(directory):
         if test_root.is_dir():
             raise DataUnavailableError(f"{root} has a test/ folder but no train/ folder; put the "
                                        f"training images in {train_root}/<class>/.")
-        train_root, test_root = root, None
+        train_root, test_root = root, None  # type: ignore[assignment]
     elif not test_root.is_dir():
-        test_root = None
+        test_root = None  # type: ignore[assignment]
     classes = folders if train_root == root else _class_folders(train_root)
     if not classes:
         raise DataUnavailableError(
@@ -153,7 +153,9 @@ def list_images(directory):
     if len(names) == 1:
         raise DataUnavailableError(f"{train_root} has a single class folder ({names[0]}); a "
                                    f"classifier needs two or more.")
-    seen, ignored, unreadable = set(), [], []
+    seen: set[Path] = set()
+    ignored: list[Path] = []
+    unreadable: list[str] = []
     train = [(path, label) for label, folder in enumerate(classes)
              for path in _images_below(folder, seen, ignored, unreadable)]
     counts = np.bincount([label for _, label in train], minlength=len(names))

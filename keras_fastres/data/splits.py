@@ -3,6 +3,7 @@ labels, with the class names (`ImageData`); and what the sources share: the stra
 and the checks of labels and classes."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class ImageData:
     class_names: tuple
     skipped: list = field(default_factory=list)
     files_digest: str | None = None
-    details: object = None
+    details: Any = None  # a folder.FolderDetails (folder.py imports this module)
 
     @property
     def from_disk(self) -> bool:

@@ -107,7 +107,7 @@ def _shorten_names(graph):
     shape annotations: TensorFlow's long scoped names, each written several times, were a
     fifth of a small int8 model's file (the values' names carry no meaning to a runtime)."""
     keep = {value.name for value in [*graph.input, *graph.output]}
-    names = {}
+    names: dict[str, str] = {}
 
     def short(name):
         if not name or name in keep:
@@ -248,6 +248,7 @@ def export_compact(model, export_dir, data, format="onnx", quantize=None, versio
     calibration = calibration_images(data.train, calibration_count, seed) if quantize else None
     comparison = None
     if format == "onnx":
+        assert calibration is not None  # int8 ONNX only, checked above
         float_content = onnx_bytes(model)
         content = quantize_onnx(float_content, calibration)
         reference, candidate = onnx_classifier(float_content), onnx_classifier(content)

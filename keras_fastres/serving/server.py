@@ -20,6 +20,7 @@ import binascii
 import json
 import re
 import sys
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -46,7 +47,7 @@ def _kserve():
 
 def model_class():
     """FastResModel, a kserve.Model (defined on first use: KServe is an optional extra)."""
-    kserve = _kserve()
+    kserve: Any = _kserve()
     invalid = kserve.errors.InvalidInput
 
     class FastResModel(kserve.Model):
@@ -55,7 +56,7 @@ def model_class():
         def __init__(self, name, export_dir):
             super().__init__(name)
             self.export_dir = export_dir
-            self.signatures = None
+            self.signatures: dict[str, Any] = {}  # until load()
 
         def load(self):
             self.path = find_saved_model(self.export_dir)
