@@ -172,13 +172,14 @@ def parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(with_subcommand(argv))
+    commands = parser()
+    args = commands.parse_args(with_subcommand(argv))
     tf.get_logger().setLevel("ERROR")  # one traced train function per model is expected
     if args.subcommand == "report" and args.json and Path(args.json).suffix == ".md":
-        parser().error(f"--json {args.json}: the report's Markdown copy is written beside it "
+        commands.error(f"--json {args.json}: the report's Markdown copy is written beside it "
                        f"with the suffix .md, over the JSON; give a name such as report.json")
     if args.subcommand == "loader" and not Path(args.folder).is_dir():
-        parser().error(f"loader: {args.folder} is not a folder; give a folder of class folders "
+        commands.error(f"loader: {args.folder} is not a folder; give a folder of class folders "
                        f"(DIR/<class>/<images>)")
     return run_command(lambda: benchmark(args), log_level=logging.WARNING)
 
