@@ -68,9 +68,9 @@ def with_subcommand(argv):
         flag, equals, value = argument.partition("=")
         if flag in OLD_FLAGS:
             name = OLD_FLAGS[flag]
-            rest = argv[:index] + ([value] if equals else []) + argv[index + 1:]
-            if flag == "--loader" and not equals:  # its folder followed the flag
-                rest = argv[:index] + argv[index + 1:index + 2] + argv[index + 2:]
+            taken = 2 if flag == "--loader" and not equals else 1  # --loader DIR: its folder
+            folder = [value] if equals else argv[index + 1:index + taken]
+            rest = argv[:index] + folder + argv[index + taken:]
             print(f"warning: {flag} is deprecated and goes in 0.5; use "
                   f"'fastres-benchmark {name}{' DIR' if name == 'loader' else ''}'",
                   file=sys.stderr)
