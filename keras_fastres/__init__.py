@@ -12,9 +12,9 @@ exports are TensorFlow's and import it when first used (`keras_fastres.load_cifa
 
 import importlib
 
-from keras_fastres.console import quiet_tensorflow_start, started_as_command
+from keras_fastres.utils.console import quiet_tensorflow_start, started_as_command
 
-with quiet_tensorflow_start():  # only in this package's commands; see console.py
+with quiet_tensorflow_start():  # only in this package's commands; see utils/console.py
     if started_as_command():
         import tensorflow  # noqa: F401 (every command needs it: its start-up noise hidden)
     from keras_fastres.batch_norm import BatchNorm
@@ -37,6 +37,7 @@ with quiet_tensorflow_start():  # only in this package's commands; see console.p
         FastResNet1202,
         load_model,
     )
+    from keras_fastres.preparation import ImagePreparation
     from keras_fastres.serving.folding import fold_batch_norms
 
 VARIANTS = tuple(BLOCKS)  # "v1", "preact", "type1", "type2"
@@ -67,7 +68,7 @@ def __dir__():
 
 __all__ = [
     "FastResNet", "FastResNet20", "FastResNet32", "FastResNet44", "FastResNet56",
-    "FastResNet110", "FastResNet668", "FastResNet1202", "load_model",
+    "FastResNet110", "FastResNet668", "FastResNet1202", "load_model", "ImagePreparation",
     "export_saved_model", "export_onnx", "fold_batch_norms",
     "load_cifar", "load_image_folder", "ImageData",
     "ResidualBlock", "V1Block", "PreactBlock", "Type1Block", "Type2Block", "VARIANTS",

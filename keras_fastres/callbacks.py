@@ -8,8 +8,8 @@ from pathlib import Path
 
 import keras
 
-from keras_fastres import files
 from keras_fastres.errors import FastResWarning, summary
+from keras_fastres.utils import files
 
 # The paper (after He et al. 2015): 0.1, divided by 10 at 50% and at 75% of training.
 MILESTONES = (0.5, 0.75)

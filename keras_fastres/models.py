@@ -22,8 +22,8 @@ from keras import layers
 
 from keras_fastres.batch_norm import bn_layer, check_implementation
 from keras_fastres.blocks import BLOCKS, check_drop_path_rate, check_shortcut, kernel_regularizer
-from keras_fastres.data.decoding import check_resize
 from keras_fastres.errors import DamagedFile, summary
+from keras_fastres.preparation import ImagePreparation
 
 STAGE_FILTERS = (16, 32, 64)
 MODEL_FILE = "model.keras"  # what a training run saves at its end
@@ -166,13 +166,14 @@ class FastResNet(keras.Model):
             global policy when the model is built. The config records the policy used.
         class_names: the name of each class (output i is `class_names[i]`), or None (default).
             Kept in the config, so they travel with `.keras` files; the exports serve them.
-        resize: how the images the model was trained on reached its input size from files of
-            any size: "stretch" (default), "crop" or "pad" (see `keras_fastres.data`). Kept in
-            the config, so `fastres-predict` and the exports resize new images the same way;
-            the network itself does not use it.
         name: model name; default "resnet{depth}_{variant}".
 
     Input: float images `(batch, H, W, channels)`, raw pixel values in [0, 255].
+
+    `model.preparation` (an `ImagePreparation`) says how image files become that input (size,
+    resize mode); it is saved with the model (not in its config: the network does not use it),
+    and predict, the exports and the server prepare new images by it. Default: the input size,
+    "stretch".
     """
 
     def __init__(self, depth: int = 110, variant: str = "type1", num_classes: int = 10,
@@ -182,7 +183,7 @@ class FastResNet(keras.Model):
                  classifier_activation: str | None = "softmax",
                  synchronized_batch_norm: bool = False, batch_norm: str = "auto",
                  dtype: str | None = None, class_names: list | None = None,
-                 resize: str = "stretch", name: str | None = None, **kwargs):
+                 name: str | None = None, **kwargs):
         n = blocks_per_stage(depth)
         check_variant(variant)
         check_shortcut(shortcut)
@@ -191,7 +192,6 @@ class FastResNet(keras.Model):
         check_drop_path_rate(drop_path_rate)
         check_implementation(batch_norm)
         class_names = _check_class_names(class_names, num_classes)
-        check_resize(resize)
         stats = _normalization_stats(normalization, num_classes)
         _check_input_shape(input_shape, None if stats is None else len(stats[0]))
         policy = keras.dtype_policies.get(dtype) if dtype else keras.config.dtype_policy()
@@ -243,7 +243,10 @@ class FastResNet(keras.Model):
             "weight_decay": weight_decay, "normalization": normalization,
             "classifier_activation": classifier_activation,
             "synchronized_batch_norm": synchronized_batch_norm, "batch_norm": batch_norm,
-            "dtype": policy.name, "class_names": class_names, "resize": resize}
+            "dtype": policy.name, "class_names": class_names}
+        height, width = input_shape[:2]
+        self._preparation = ImagePreparation(
+            (height, width) if height and width else (32, 32))
 
     @property
     def depth(self) -> int:
@@ -258,8 +261,21 @@ class FastResNet(keras.Model):
         return self._arguments["class_names"]
 
     @property
-    def resize(self) -> str:
-        return self._arguments["resize"]
+    def preparation(self) -> ImagePreparation:
+        """How image files become this model's input (see `ImagePreparation`)."""
+        return self._preparation
+
+    @preparation.setter
+    def preparation(self, preparation: ImagePreparation) -> None:
+        if not isinstance(preparation, ImagePreparation):
+            raise ValueError(f"preparation must be an ImagePreparation, got {preparation!r}.")
+        height, width = self._arguments["input_shape"][:2]
+        if (height and height != preparation.image_size[0]) or (
+                width and width != preparation.image_size[1]):
+            raise ValueError(
+                f"preparation must prepare images of the model's input size "
+                f"{height}x{width}; got {preparation!r}.")
+        self._preparation = preparation
 
     def get_config(self) -> dict:
         """The constructor's arguments, with the name and trainable flag."""
@@ -267,7 +283,21 @@ class FastResNet(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> "FastResNet":
-        return cls(**config)
+        config = dict(config)
+        resize = config.pop("resize", None)  # 0.3's config held the preparation's resize mode
+        model = cls(**config)
+        if resize is not None:
+            model.preparation = ImagePreparation(model.preparation.image_size, resize)
+        return model
+
+    # The preparation travels in the .keras file as an asset (Keras calls these on save/load).
+    def save_assets(self, dir_path) -> None:
+        self._preparation.save(dir_path)
+
+    def load_assets(self, dir_path) -> None:
+        preparation = ImagePreparation.load(dir_path)
+        if preparation is not None:
+            self.preparation = preparation
 
 
 def _alias(depth):

@@ -15,7 +15,7 @@ import sys
 os.environ.setdefault("KERAS_FASTRES_COMMAND", "1")
 
 from keras_fastres.commands.train import main  # noqa: E402
-from keras_fastres.config import TrainConfig  # noqa: E402
+from keras_fastres.training.config import TrainConfig  # noqa: E402
 
 PAPER = TrainConfig(
     dataset="cifar10",

@@ -99,7 +99,7 @@ class WeightRecorder:
     at the start and at the end of each `Trainer.fit` and the seed each run chose."""
 
     def __init__(self, monkeypatch):
-        from keras_fastres import distribute, run
+        from keras_fastres.training import distribute, run
         self.initial, self.final, self.seeds = [], [], []
         fit, choose_seed = distribute.Trainer.fit, run.run_seed
 

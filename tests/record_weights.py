@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from keras_fastres import distribute, run
+from keras_fastres.training import distribute, run
 
 out, recipe, *arguments = sys.argv[1:]
 fit = distribute.Trainer.fit

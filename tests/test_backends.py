@@ -8,7 +8,7 @@ import pytest
 
 from keras_fastres import FastResNet, export_saved_model
 from keras_fastres.commands.train import main
-from keras_fastres.config import TrainConfig
+from keras_fastres.training.config import TrainConfig
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() == "tensorflow",
                                 reason="checks the other backends; .ci/run runs it under each")

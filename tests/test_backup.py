@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_fastres.backup import Backup, BackupUnusable
 from keras_fastres.errors import FastResWarning
+from keras_fastres.training.backup import Backup, BackupUnusable
 
 EXPERIMENT = {"depth": 8, "epochs": 10, "seed": 3}
 

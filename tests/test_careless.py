@@ -52,7 +52,7 @@ def test_a_comparison_whose_plot_cannot_be_written_still_prints_its_table(tmp_pa
     from test_compare import finished_run
 
     from keras_fastres.commands.train import main
-    from keras_fastres.config import TrainConfig
+    from keras_fastres.training.config import TrainConfig
     runs = [finished_run(tmp_path / f"run{seed}", "type1", seed, 0.1 + seed / 100, 1.0)
             for seed in (1, 2)]
     (tmp_path / "file").write_text("not a folder")
@@ -81,7 +81,7 @@ def test_a_benchmark_report_that_cannot_be_written_names_its_file(tmp_path, caps
 
 def test_a_fine_tune_onto_other_class_names_says_so(tmp_path):
     from keras_fastres import FastResNet
-    from keras_fastres.finetune import initialize_from
+    from keras_fastres.training.finetune import initialize_from
 
     FastResNet(8, num_classes=3, class_names=["cat", "dog", "eel"], input_shape=(8, 8, 3),
                normalization=None).save(tmp_path / "old.keras")
@@ -101,8 +101,9 @@ def test_a_fine_tune_onto_other_class_names_says_so(tmp_path):
 def test_a_full_disk_names_the_file_or_folder_it_was_writing(tmp_path, monkeypatch):
     import csv
 
-    from keras_fastres import backup, callbacks
+    from keras_fastres import callbacks
     from keras_fastres.serving import export
+    from keras_fastres.training import backup
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -29,8 +29,8 @@ def exported(args, run, target, capsys):
 def test_int8_models_agree_with_the_float_model_and_are_small(digits_run, tmp_path, capsys):
     import onnxruntime
 
-    from keras_fastres.run import run_data
     from keras_fastres.serving.compact import litert_runner
+    from keras_fastres.training.run import run_data
 
     _, run = digits_run
     float_onnx, _ = exported(["--format", "onnx"], run, tmp_path / "onnx", capsys)
@@ -60,9 +60,12 @@ def test_int8_models_agree_with_the_float_model_and_are_small(digits_run, tmp_pa
         assert np.mean(classes != labels) <= np.mean(reference != labels) + 0.01
     # The int8 ONNX keeps the float model's interface and metadata.
     meta = sessions[1].get_modelmeta().custom_metadata_map
-    assert json.loads(meta["class_names"]) == sorted(WORDS) and meta["resize"] == "stretch"
+    assert json.loads(meta["class_names"]) == sorted(WORDS)
+    assert json.loads(meta["preparation"]) == {"image_size": [16, 16], "resize": "stretch"}
     assert [i.name for i in sessions[1].get_inputs()] == ["images"]
     assert (int8_litert.parent / "class_names.txt").read_text().split() == sorted(WORDS)
+    assert json.loads((int8_litert.parent / "preparation.json").read_text()) == json.loads(
+        meta["preparation"])
 
 
 def test_litert_runs_where_keras_and_this_package_cannot_be_imported(digits_run, tmp_path,

@@ -7,8 +7,8 @@ import pytest
 
 from keras_fastres.callbacks import HistoryCSV
 from keras_fastres.commands.train import main
-from keras_fastres.compare import compare_runs, read_run, summarize
-from keras_fastres.config import TrainConfig
+from keras_fastres.training.compare import compare_runs, read_run, summarize
+from keras_fastres.training.config import TrainConfig
 
 
 def finished_run(directory, variant, seed, test_error, seconds, depth=20):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from keras_fastres.commands.train import build_parser, options, parse_args
-from keras_fastres.config import TrainConfig, check_config, experiment_fields, setting
-from keras_fastres.run import experiment
+from keras_fastres.training.config import TrainConfig, check_config, experiment_fields, setting
+from keras_fastres.training.run import experiment
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

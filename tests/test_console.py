@@ -11,7 +11,7 @@ import pytest
 
 from keras_fastres.commands import benchmark, export, predict
 from keras_fastres.commands.train import main, parse_args
-from keras_fastres.config import TrainConfig, option_name
+from keras_fastres.training.config import TrainConfig, option_name
 
 # As a user's shell has it: TensorFlow's log level not set, so the commands choose it.
 USER_ENV = {k: v for k, v in os.environ.items()
@@ -119,7 +119,7 @@ def test_benchmark_json_into_a_missing_folder_is_refused_before_the_run(tmp_path
 def test_positive_integer_takes_integers_from_one():
     import argparse
 
-    from keras_fastres.console import check_positive_integers, positive_integer
+    from keras_fastres.utils.console import check_positive_integers, positive_integer
     assert positive_integer("1") == 1 and positive_integer("42") == 42
     for text in ("0", "-3", "2.5", "ten", ""):
         with pytest.raises(argparse.ArgumentTypeError,
@@ -134,7 +134,7 @@ def test_positive_integer_takes_integers_from_one():
 def test_writable_file_wants_an_existing_writable_folder(tmp_path):
     import argparse
 
-    from keras_fastres.console import writable_file
+    from keras_fastres.utils.console import writable_file
     assert writable_file(str(tmp_path / "out.json")) == str(tmp_path / "out.json")
     with pytest.raises(argparse.ArgumentTypeError, match="is a folder; give a file name"):
         writable_file(str(tmp_path))
@@ -143,7 +143,7 @@ def test_writable_file_wants_an_existing_writable_folder(tmp_path):
 
 
 def test_program_and_command_detection_follow_argv(monkeypatch):
-    from keras_fastres import console
+    from keras_fastres.utils import console
     monkeypatch.delenv(console.COMMAND_VARIABLE, raising=False)
     monkeypatch.setattr(sys, "argv", ["/usr/bin/fastres-export", "--help"])
     assert console.program("keras_fastres.commands.export") == "fastres-export"
@@ -162,7 +162,7 @@ def test_program_and_command_detection_follow_argv(monkeypatch):
 def test_help_formatter_states_defaults_except_none_and_off():
     import argparse
 
-    from keras_fastres.console import HelpFormatter
+    from keras_fastres.utils.console import HelpFormatter
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
     parser.add_argument("--rounds", default=10, help="how many")
     parser.add_argument("--json", default=None, help="also write JSON")
@@ -174,7 +174,7 @@ def test_help_formatter_states_defaults_except_none_and_off():
 
 
 def test_the_quiet_start_only_quiets_commands(monkeypatch):
-    from keras_fastres import console
+    from keras_fastres.utils import console
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     monkeypatch.setattr(sys, "argv", ["/path/to/pytest"])
     monkeypatch.delenv(console.COMMAND_VARIABLE, raising=False)
@@ -191,7 +191,7 @@ def test_the_quiet_start_hides_what_is_written_to_descriptor_2_while_tensorflow_
     """In a command, before TensorFlow is imported (here: as if it were not), the C++ runtime's
     start-up lines written straight to file descriptor 2 are dropped; Python's own stderr
     still reaches the terminal, and descriptor 2 is whole again afterwards."""
-    from keras_fastres import console
+    from keras_fastres.utils import console
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     monkeypatch.setattr(sys, "argv", ["/usr/bin/fastres-train"])
     monkeypatch.delitem(sys.modules, "tensorflow")
@@ -209,7 +209,7 @@ def test_the_quiet_start_hides_what_is_written_to_descriptor_2_while_tensorflow_
 
 
 def test_a_keras_backend_that_is_none_is_one_line_before_keras_loads(monkeypatch, capsys):
-    from keras_fastres import console
+    from keras_fastres.utils import console
     monkeypatch.setenv("KERAS_BACKEND", "nonsense")
     with pytest.raises(SystemExit) as stopped:
         console.require_backend_installed()

@@ -351,11 +351,12 @@ def test_export_cli_and_predict_on_image_files(tmp_path, capsys):
 def test_predict_resizes_images_to_the_model_with_antialiasing(tmp_path):
     from PIL import Image
 
+    from keras_fastres import ImagePreparation
     from keras_fastres.serving.predict import load_image
 
     pixels = uint8_images(1)[0]
     Image.fromarray(pixels).save(tmp_path / "exact.png")
-    np.testing.assert_array_equal(load_image(tmp_path / "exact.png", 32, 32), pixels)  # as is
+    np.testing.assert_array_equal(load_image(tmp_path / "exact.png", ImagePreparation(32)), pixels)  # as is
     # 96x64, left half red and right half blue, to 32x32: each output column covers 3 input
     # columns and each row 2; away from the edge between the halves every pixel keeps its
     # colour exactly, and the two columns at the edge are blends.
@@ -363,7 +364,7 @@ def test_predict_resizes_images_to_the_model_with_antialiasing(tmp_path):
     halves[:, :48, 0] = 255
     halves[:, 48:, 2] = 255
     Image.fromarray(halves).save(tmp_path / "halves.png")
-    resized = np.asarray(load_image(tmp_path / "halves.png", 32, 32))
+    resized = np.asarray(load_image(tmp_path / "halves.png", ImagePreparation(32)))
     assert resized.shape == (32, 32, 3) and resized.dtype == np.uint8
     np.testing.assert_array_equal(resized[:, :15], np.broadcast_to([255, 0, 0], (32, 15, 3)))
     np.testing.assert_array_equal(resized[:, 17:], np.broadcast_to([0, 0, 255], (32, 15, 3)))
@@ -374,7 +375,7 @@ def test_predict_resizes_images_to_the_model_with_antialiasing(tmp_path):
     # antialiasing a resize would sample the squares and keep black or white.
     board = (np.indices((128, 128)).sum(axis=0) % 2 * 255).astype(np.uint8)
     Image.fromarray(np.repeat(board[..., None], 3, axis=-1)).save(tmp_path / "board.png")
-    grey = np.asarray(load_image(tmp_path / "board.png", 32, 32)).astype(int)
+    grey = np.asarray(load_image(tmp_path / "board.png", ImagePreparation(32))).astype(int)
     assert np.abs(grey - 128).max() <= 1
 
 

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from keras_fastres.files import remove_leftovers, temporary_sibling
+from keras_fastres.utils.files import remove_leftovers, temporary_sibling
 
 
 def test_the_temporary_is_a_hidden_sibling_named_after_its_writer(tmp_path):

@@ -33,6 +33,7 @@ def photo_folder(root, classes=("cat", "dog"), per_class=12, size=(24, 20), suff
 
 
 def test_a_phone_photo_stored_sideways_loads_upright_in_training_and_predict(tmp_path):
+    from keras_fastres import ImagePreparation
     from keras_fastres.serving.predict import load_image
 
     upright = blocks(32, 48)  # wider than high, as it is shown
@@ -47,7 +48,7 @@ def test_a_phone_photo_stored_sideways_loads_upright_in_training_and_predict(tmp
     # image, and far from it upside down (blocks of random colours differ by ~60 levels).
     assert np.abs(decoded.astype(int) - upright).mean() < 2
     assert np.abs(decoded.astype(int) - upright[::-1, ::-1]).mean() > 20
-    np.testing.assert_array_equal(load_image(folder / "cat" / "phone.jpg", 32, 48), decoded)
+    np.testing.assert_array_equal(load_image(folder / "cat" / "phone.jpg", ImagePreparation((32, 48))), decoded)
     loaded = load_image_folder(folder, (32, 48), validation_fraction=0.2, seed=0)
     every = np.concatenate([loaded.train.images, loaded.test.images])
     assert any(np.array_equal(image, decoded) for image in every)
@@ -118,27 +119,59 @@ def test_crop_and_pad_on_a_known_wide_image(tmp_path):
     assert decoding.odd_shape(6, 6, 16, 16) == (False, True)
 
 
-def test_the_model_keeps_its_resize_mode_and_predict_resizes_as_trained(tmp_path):
+def test_one_image_preparation_is_followed_by_the_keras_file_predict_and_the_exports(tmp_path):
+    """The model's preparation changed once (to crop) is what its .keras file keeps, what
+    fastres-predict prepares by from the .keras file, the SavedModel and the ONNX model, and
+    what the SavedModel's serving_bytes (TF Serving's and fastres-serve's way in) runs."""
+    import keras
+    import tensorflow as tf
+
     import keras_fastres
-    from keras_fastres.serving.export import export_saved_model
-    from keras_fastres.serving.predict import predict, resize_mode
+    from keras_fastres import ImagePreparation
+    from keras_fastres.errors import DamagedFile
+    from keras_fastres.serving.export import export_onnx, export_saved_model
+    from keras_fastres.serving.predict import predict
 
     model = keras_fastres.FastResNet(8, "type1", num_classes=3, input_shape=(16, 16, 3),
-                                     normalization=None, resize="crop",
+                                     normalization=((127,) * 3, (64,) * 3),
                                      class_names=["red", "green", "blue"])
-    assert keras_fastres.FastResNet.from_config(model.get_config()).resize == "crop"
+    assert model.preparation == ImagePreparation((16, 16), "stretch")
+    model.preparation = ImagePreparation(16, "crop")
+    assert "resize" not in model.get_config() and "preparation" not in model.get_config()
     with pytest.raises(ValueError, match=r"resize must be one of \('stretch', 'crop', 'pad'\)"):
-        keras_fastres.FastResNet(8, resize="squash")
+        ImagePreparation(16, "squash")
+    with pytest.raises(ValueError, match=r"model's input size 16x16"):
+        model.preparation = ImagePreparation(32, "crop")
+    model.save(tmp_path / "model.keras")
+    assert keras.saving.load_model(tmp_path / "model.keras").preparation == model.preparation
     export_saved_model(model, tmp_path / "export", version=1)
-    assert resize_mode(tmp_path / "export" / "1") == "crop"
+    export_onnx(model, tmp_path / "model.onnx")
+
+    # A wide image whose centred 16x16 window is random: crop takes exactly that window.
     wide = np.zeros((16, 64, 3), np.uint8)
     wide[:, 24:40] = np.random.default_rng(0).integers(0, 255, (16, 16, 3))
     Image.fromarray(wide).save(tmp_path / "wide.png")
-    [(_, ranked)] = predict(tmp_path / "export", [tmp_path / "wide.png"], top=3)
     expected = model.predict(wide[None, :, 24:40].astype("float32"), verbose=0)[0]
-    assert [name for name, _ in ranked] == [["red", "green", "blue"][i]
-                                            for i in np.argsort(expected)[::-1]]
-    assert ranked[0][1] == pytest.approx(expected.max(), abs=1e-5)
+    stretched = model.predict(np.asarray(Image.fromarray(wide).resize(
+        (16, 16), Image.Resampling.BILINEAR))[None].astype("float32"), verbose=0)[0]
+    assert np.abs(expected - stretched).max() > 1e-3  # the two preparations answer apart
+    for source in (tmp_path / "model.keras", tmp_path / "export", tmp_path / "model.onnx"):
+        [(_, ranked)] = predict(source, [tmp_path / "wide.png"], top=3)
+        assert [name for name, _ in ranked] == [["red", "green", "blue"][i]
+                                                for i in np.argsort(expected)[::-1]], source
+        assert ranked[0][1] == pytest.approx(expected.max(), abs=1e-5), source
+    serve = tf.saved_model.load(str(tmp_path / "export" / "1")).signatures["serving_bytes"]
+    answer = serve(image_bytes=tf.constant([(tmp_path / "wide.png").read_bytes()]))
+    np.testing.assert_allclose(answer["probabilities"].numpy()[0], expected, atol=1e-5)
+
+    # An export whose preparation is damaged, or for another size, is refused by name.
+    written = tmp_path / "export" / "1" / "assets" / "preparation.json"
+    written.write_text('{"image_size": [32, 32], "resize": "crop"}')
+    with pytest.raises(DamagedFile, match=r"for \(32, 32\) images, the model's input is"):
+        predict(tmp_path / "export", [tmp_path / "wide.png"])
+    written.write_text("crop\n")
+    with pytest.raises(DamagedFile, match=r"preparation.json is not an image preparation"):
+        predict(tmp_path / "export", [tmp_path / "wide.png"])
 
 
 def test_the_cache_is_read_until_a_file_or_setting_changes(tmp_path, monkeypatch):

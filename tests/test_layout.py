@@ -64,7 +64,7 @@ def longest_chain(graph):
 
 def test_the_package_has_no_import_cycle():
     graph = package_imports()
-    assert len(graph) > 20 and "keras_fastres.run" in graph["keras_fastres.commands.train"]
+    assert len(graph) > 20 and "keras_fastres.training.run" in graph["keras_fastres.commands.train"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -84,16 +84,16 @@ def test_only_the_commands_parse_arguments():
     for module, path in ((module_name(p), p) for p in PACKAGE.rglob("*.py")):
         imports = {alias.name for node in ast.walk(ast.parse(path.read_text()))
                    if isinstance(node, ast.Import) for alias in node.names}
-        if not module.startswith("keras_fastres.commands") and module != "keras_fastres.console":
+        if not module.startswith("keras_fastres.commands") and module != "keras_fastres.utils.console":
             assert "argparse" not in imports, module
 
 
 def test_only_the_commands_print_or_switch_global_state():
     """The library returns, logs and warns: no print() and no matplotlib.use() outside
-    commands/ and console.py (the commands' start-up, run only in a command, before Keras
+    commands/ and utils/console.py (the commands' start-up, run only in a command, before Keras
     is imported)."""
     for module, path in ((module_name(p), p) for p in PACKAGE.rglob("*.py")):
-        if module.startswith("keras_fastres.commands") or module == "keras_fastres.console":
+        if module.startswith("keras_fastres.commands") or module == "keras_fastres.utils.console":
             continue
         calls = [node.func for node in ast.walk(ast.parse(path.read_text()))
                  if isinstance(node, ast.Call)]
@@ -101,6 +101,45 @@ def test_only_the_commands_print_or_switch_global_state():
         switched = [f"line {c.lineno}" for c in calls if isinstance(c, ast.Attribute)
                     and c.attr == "use" and getattr(c.value, "id", None) == "matplotlib"]
         assert not printed and not switched, (module, printed, switched)
+
+
+# The model zoo: the package's top-level modules. Everything else is a sub-package named for its
+# job; the model zoo may use the shared helpers (utils), the exceptions and the decoder's
+# resize modes, never the application around it.
+MODEL_ZOO = {"keras_fastres", "keras_fastres.models", "keras_fastres.blocks",
+             "keras_fastres.batch_norm", "keras_fastres.callbacks", "keras_fastres.errors",
+             "keras_fastres.preparation"}
+SUB_PACKAGES = {"data", "training", "serving", "benchmarks", "commands", "utils"}
+
+
+def module_level(tree):
+    """The statements of a module that run when it is imported (not those inside functions)."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def test_the_top_level_holds_the_model_zoo_and_the_sub_packages():
+    top = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__"}
+    assert {f"keras_fastres.{name}" for name in top} == MODEL_ZOO - {"keras_fastres"}
+    assert {path.parent.name for path in PACKAGE.glob("*/__init__.py")} == SUB_PACKAGES
+    allowed = MODEL_ZOO | {"keras_fastres.data.decoding", "keras_fastres.serving.folding"}
+    for module, targets in package_imports().items():
+        if module not in MODEL_ZOO:
+            continue
+        # Imported at the top of the module, not inside a function (the lazy exports).
+        tree = ast.parse((PACKAGE.parent / (module.replace(".", "/") + (
+            "/__init__.py" if module == "keras_fastres" else ".py"))).read_text())
+        eager = {alias.name if isinstance(node, ast.Import) else f"{node.module}.{alias.name}"
+                 for node in module_level(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                 for alias in node.names}
+        eager = {t for t in targets if t in eager or any(e.startswith(t + ".") for e in eager)}
+        outside = {t for t in eager if t not in allowed and not t.startswith("keras_fastres.utils")
+                   and t not in {"keras_fastres.data", "keras_fastres.serving"}}
+        assert not outside, (module, outside)
 
 
 def test_the_models_on_jax_import_no_tensorflow():
@@ -168,7 +207,7 @@ def test_the_file_names_of_the_exports_are_spelled_once():
 
 def test_the_decoding_workers_module_imports_neither_keras_nor_tensorflow():
     """It runs as the decoding worker process (`python -I decoding.py`), started in a fraction
-    of a second, and the model zoo takes its resize modes from it."""
+    of a second, and the model zoo's image preparation decodes with it."""
     path = PACKAGE / "data" / "decoding.py"
     imported = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -177,4 +216,4 @@ def test_the_decoding_workers_module_imports_neither_keras_nor_tensorflow():
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
     assert imported and not imported & {"keras", "tensorflow", "keras_fastres", "jax", "torch"}
-    assert "keras_fastres.data.decoding" in package_imports()["keras_fastres.models"]
+    assert "keras_fastres.data.decoding" in package_imports()["keras_fastres.preparation"]

@@ -189,7 +189,7 @@ ARGUMENTS = {"depth": 8, "variant": "v1", "num_classes": 7, "input_shape": [24, 
              "normalization": [[33.0], [78.5]], "classifier_activation": None,
              "synchronized_batch_norm": False, "batch_norm": "keras",
              "dtype": "mixed_bfloat16",
-             "class_names": ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"], "resize": "pad"}
+             "class_names": ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]}
 
 
 def test_the_model_remembers_its_arguments(tmp_path):
@@ -213,10 +213,20 @@ def test_defaults_and_aliases_are_recorded_too():
         "shortcut": "A", "drop_path_rate": 0.0, "include_top": True, "weight_decay": 1e-4,
         "normalization": "auto", "classifier_activation": "softmax",
         "synchronized_batch_norm": False, "batch_norm": "auto",
-        "dtype": keras.config.dtype_policy().name, "class_names": None, "resize": "stretch",
+        "dtype": keras.config.dtype_policy().name, "class_names": None,
         "name": "resnet20_type1",
         "trainable": True}
     assert type(FastResNet.from_config(config)) is FastResNet
+
+
+def test_a_config_of_release_0_3_with_a_resize_mode_gives_the_model_that_preparation():
+    """0.3 kept the resize mode in the network's config; such a config (a .keras file of 0.3)
+    still builds the model, with the mode in its preparation, and its config no longer has it."""
+    from keras_fastres import ImagePreparation
+    config = {**FastResNet(8, input_shape=(24, 20, 3)).get_config(), "resize": "pad"}
+    model = FastResNet.from_config(config)
+    assert model.preparation == ImagePreparation((24, 20), "pad")
+    assert "resize" not in model.get_config()
 
 
 def test_a_keras_file_of_release_0_1_0_still_loads():

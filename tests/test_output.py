@@ -8,11 +8,11 @@ import warnings
 
 import pytest
 
-from keras_fastres.backup import BackupUnusable
 from keras_fastres.commands.output import exit_status, progress_bar, run_command, speaking
 from keras_fastres.data import DataUnavailableError
 from keras_fastres.errors import DamagedFile, FastResWarning, Terminated, summary
-from keras_fastres.lock import Busy
+from keras_fastres.training.backup import BackupUnusable
+from keras_fastres.training.lock import Busy
 
 
 @pytest.mark.parametrize("error, status", [

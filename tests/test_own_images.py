@@ -98,8 +98,9 @@ def test_digits_in_a_folder_train_export_predict_and_fine_tune(digits_run, tmp_p
     assert predict_main([str(run / "export"), *map(str, files), "--top", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     printed = [re.match(r".*: (\w+) [\d.]+%, \w+ [\d.]+%$", line).group(1) for line in lines]
+    from keras_fastres import ImagePreparation
     from keras_fastres.serving.predict import load_image
-    pixels = np.stack([load_image(path, 16, 16) for path in files])
+    pixels = np.stack([load_image(path, ImagePreparation(16)) for path in files])
     ranked = model.predict(pixels.astype("float32"), verbose=0).argmax(axis=1)
     assert printed == [sorted(WORDS)[i] for i in ranked]
     assert np.mean([name == path.parent.name for name, path in zip(printed, files)]) >= 0.8
@@ -386,7 +387,7 @@ def test_the_crop_pads_an_eighth_of_each_side_and_no_flip_flips_nothing():
 
 
 def test_a_run_resumes_only_on_the_same_files(tmp_path, monkeypatch, capsys):
-    from keras_fastres.backup import Backup
+    from keras_fastres.training.backup import Backup
 
     images = class_folders(tmp_path / "images", {"cat": 6, "dog": 6})
     args = ["--data", str(images), "--image-size", "8", "--depth", "8", "--epochs", "3",

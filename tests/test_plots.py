@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from keras_fastres.plots import error_figure, plot_runs
+from keras_fastres.training.plots import error_figure, plot_runs
 
 
 def rows(test_errors, accuracies):
@@ -41,7 +41,7 @@ def test_plotting_leaves_matplotlibs_backend_alone(tmp_path):
 
     import matplotlib
 
-    from keras_fastres import compare, plots
+    from keras_fastres.training import compare, plots
 
     def executed_afresh(module):
         spec = importlib.util.spec_from_file_location(f"fresh_{module.__name__}",

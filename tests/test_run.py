@@ -1,5 +1,5 @@
 """What a crash, a full disk, a race and a careless user do to a run: each case answers in one
-line and loses nothing (run.py, lock.py, the training command)."""
+line and loses nothing (training/run.py, training/lock.py, the training command)."""
 
 import json
 import multiprocessing
@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_fastres import FastResNet, data, distribute
+from keras_fastres import FastResNet, data
 from keras_fastres.callbacks import HistoryCSV, read_history
 from keras_fastres.commands.train import main
-from keras_fastres.config import TrainConfig, check_last_batches
 from keras_fastres.errors import FastResWarning, tensorflow_reason
-from keras_fastres.lock import Busy, folder_lock
-from keras_fastres.run import write_outputs
+from keras_fastres.training import distribute
+from keras_fastres.training.config import TrainConfig, check_last_batches
+from keras_fastres.training.lock import Busy, folder_lock
+from keras_fastres.training.run import write_outputs
 
 from conftest import free_ports, wait_for_backup, write_cifar_archive
 
@@ -74,7 +75,7 @@ def test_sigterm_as_the_run_finishes_says_so_and_leaves_no_part_of_its_backup(
         tmp_path, monkeypatch, capsys):
     """SIGTERM arrives after metrics.json is written, halfway through removing the backup: the
     run is finished (exit 143 for the signal, saying so), and no part of the backup is left."""
-    from keras_fastres import run as run_module
+    from keras_fastres.training import run as run_module
     remove, stopped = shutil.rmtree, []
 
     def stopped_halfway(path, *args, **kwargs):
@@ -156,7 +157,7 @@ def test_a_full_disk_names_the_file_and_leaves_no_empty_model(tmp_path, monkeypa
 
 
 def test_a_backup_without_room_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
-    from keras_fastres import backup
+    from keras_fastres.training import backup
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(backup.shutil, "disk_usage",
                         lambda path: usage._replace(free=100_000))  # 0.1 MB free
@@ -402,7 +403,7 @@ def test_tensorflow_errors_are_reduced_to_their_reason():
 def test_a_missing_backend_library_is_one_line(monkeypatch):
     import importlib.util
 
-    from keras_fastres import console
+    from keras_fastres.utils import console
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -15,8 +15,8 @@ from test_models import expected_trainable_parameters
 
 from keras_fastres.callbacks import HistoryCSV, paper_learning_rate, read_history
 from keras_fastres.commands.train import main, parse_args
-from keras_fastres.config import TrainConfig
-from keras_fastres.run import experiment, train
+from keras_fastres.training.config import TrainConfig
+from keras_fastres.training.run import experiment, train
 
 from conftest import run_recipe, wait_for_backup
 
@@ -181,7 +181,7 @@ def test_bad_arguments_fail_before_any_work(args, message, tmp_path, monkeypatch
 def test_precision_policies_and_loss_scaling(precision, compute):
     import keras
 
-    from keras_fastres.config import build_and_compile
+    from keras_fastres.training.config import build_and_compile
 
     model = build_and_compile(TrainConfig(depth=8, precision=precision), num_classes=10)
     assert model.get_layer("stage1_block1").compute_dtype == compute
@@ -197,8 +197,8 @@ def test_precision_policies_and_loss_scaling(precision, compute):
 def test_xla_defaults_to_on_with_gpus_only():
     import tensorflow as tf
 
-    from keras_fastres.config import build_and_compile
-    from keras_fastres.machine import resolve_jit_compile
+    from keras_fastres.training.config import build_and_compile
+    from keras_fastres.utils.machine import resolve_jit_compile
 
     gpus = bool(tf.config.list_physical_devices("GPU"))
     assert resolve_jit_compile(None) is gpus

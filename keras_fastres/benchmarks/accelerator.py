@@ -14,9 +14,9 @@ import tensorflow as tf
 
 from keras_fastres.benchmarks import training
 from keras_fastres.benchmarks.report import format_markdown
-from keras_fastres.config import TrainConfig
-from keras_fastres.machine import describe_device, versions
-from keras_fastres.run import train
+from keras_fastres.training.config import TrainConfig
+from keras_fastres.training.run import train
+from keras_fastres.utils.machine import describe_device, versions
 
 
 def fast_mixed_precision():

@@ -19,9 +19,9 @@ import tensorflow as tf
 
 from keras_fastres import models
 from keras_fastres.benchmarks.report import check_models
-from keras_fastres.console import check_positive_integers
-from keras_fastres.machine import describe_device
 from keras_fastres.serving.export import export_onnx, export_saved_model
+from keras_fastres.utils.console import check_positive_integers
+from keras_fastres.utils.machine import describe_device
 
 RUNTIMES = (("saved_model", True), ("saved_model", False), ("onnxruntime", True),
             ("onnxruntime int8", True), ("litert", True), ("litert int8", True))

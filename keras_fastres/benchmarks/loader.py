@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from keras_fastres import data
-from keras_fastres.console import check_positive_integers
-from keras_fastres.machine import describe_device
+from keras_fastres.utils.console import check_positive_integers
+from keras_fastres.utils.machine import describe_device
 
 
 def default_workers():

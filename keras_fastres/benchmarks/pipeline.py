@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres import data
-from keras_fastres.console import check_positive_integers
-from keras_fastres.machine import describe_device
+from keras_fastres.utils.console import check_positive_integers
+from keras_fastres.utils.machine import describe_device
 
 EPOCH_IMAGES = 50_000  # one CIFAR training epoch
 IMAGE_SIZES = (32, 64)

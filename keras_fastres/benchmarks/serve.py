@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from keras_fastres import models
-from keras_fastres.console import check_positive_integers
-from keras_fastres.machine import describe_device
 from keras_fastres.serving.export import export_saved_model
+from keras_fastres.utils.console import check_positive_integers
+from keras_fastres.utils.machine import describe_device
 
 CONCURRENCY = (1, 8)
 

@@ -23,10 +23,10 @@ from keras import ops
 
 from keras_fastres import batch_norm, blocks
 from keras_fastres.benchmarks.report import check_models
-from keras_fastres.config import PRECISIONS, TrainConfig, build_and_compile
-from keras_fastres.console import check_positive_integers
-from keras_fastres.distribute import Trainer, make_strategy
-from keras_fastres.machine import describe_device, resolve_jit_compile
+from keras_fastres.training.config import PRECISIONS, TrainConfig, build_and_compile
+from keras_fastres.training.distribute import Trainer, make_strategy
+from keras_fastres.utils.console import check_positive_integers
+from keras_fastres.utils.machine import describe_device, resolve_jit_compile
 
 COMPUTE_DTYPES = {"float32": "float32", "mixed_float16": "float16",
                   "mixed_bfloat16": "bfloat16"}

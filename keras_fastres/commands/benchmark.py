@@ -32,15 +32,15 @@ from keras_fastres import batch_norm
 from keras_fastres.benchmarks import accelerator, inference, loader, pipeline, serve, training
 from keras_fastres.benchmarks.report import format_markdown, format_table
 from keras_fastres.commands.output import print_progress, run_command
-from keras_fastres.config import PRECISIONS
-from keras_fastres.console import (
+from keras_fastres.errors import summary
+from keras_fastres.training.config import PRECISIONS
+from keras_fastres.utils.console import (
     HelpFormatter,
     positive_integer,
     program,
     quiet_converters,
     writable_file,
 )
-from keras_fastres.errors import summary
 
 DEPTHS = "20,56,110"
 VARIANTS = "preact,type1,type2,v1"

@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 from keras_fastres.commands.output import run_command
-from keras_fastres.console import HelpFormatter, positive_integer, program, quiet_converters
-from keras_fastres.machine import require_tensorflow_backend
 from keras_fastres.models import MODEL_FILE, load_model
 from keras_fastres.serving.compact import (
     CALIBRATION_IMAGES,
@@ -17,6 +15,8 @@ from keras_fastres.serving.compact import (
     QUANTIZATIONS,
 )
 from keras_fastres.serving.export import FORMATS, ONNX_FILE, export_onnx, export_saved_model
+from keras_fastres.utils.console import HelpFormatter, positive_integer, program, quiet_converters
+from keras_fastres.utils.machine import require_tensorflow_backend
 
 
 def main(argv=None):
@@ -66,8 +66,8 @@ def main(argv=None):
         model = load_model(args.model)
         version = "auto" if args.version is None else args.version
         if args.quantize or args.format == "litert":
-            from keras_fastres.run import run_data
             from keras_fastres.serving.compact import export_compact
+            from keras_fastres.training.run import run_data
             data = run_data(args.model) if args.quantize else None
             # The comparison of a quantized model with the float one is logged (shown).
             target, _ = export_compact(

@@ -5,9 +5,9 @@ import argparse
 import sys
 
 from keras_fastres.commands.output import run_command
-from keras_fastres.console import HelpFormatter, positive_integer, program, quiet_converters
 from keras_fastres.errors import DamagedFile
 from keras_fastres.serving.predict import predict
+from keras_fastres.utils.console import HelpFormatter, positive_integer, program, quiet_converters
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from keras_fastres.commands.output import run_command
-from keras_fastres.console import HelpFormatter, positive_integer, program
+from keras_fastres.utils.console import HelpFormatter, positive_integer, program
 
 DEFAULT_PORT = 8501  # TF Serving's REST port
 

@@ -1,6 +1,6 @@
 """fastres-train and the recipes: the training command line, derived from `TrainConfig`.
 
-Every option is a TrainConfig field whose metadata says `option` (config.py): its name is the
+Every option is a TrainConfig field whose metadata says `option` (training/config.py): its name is the
 field's (`--batch-size` for batch_size), its default the recipe's value, its help and choices
 the field's. --compare is the one option that is not a setting: it plots finished runs.
 """
@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 from keras_fastres.commands.output import progress_bar, run_command
-from keras_fastres.compare import PlotNotWritten, compare_runs
-from keras_fastres.config import TrainConfig, option_name, option_word, value_of_word
-from keras_fastres.console import HelpFormatter, program
 from keras_fastres.errors import is_tensorflow_error
-from keras_fastres.run import train
+from keras_fastres.training.compare import PlotNotWritten, compare_runs
+from keras_fastres.training.config import TrainConfig, option_name, option_word, value_of_word
+from keras_fastres.training.run import train
+from keras_fastres.utils.console import HelpFormatter, program
 
 
 def auto_or(kind):

@@ -28,7 +28,7 @@ _LAZY = {
         "ARCHIVES", "CLASS_NAMES", "DATASETS", "SOURCES", "check_dataset", "check_source",
         "load_cifar", "synthetic_cifar")},
     "RESIZE_MODES": ("decoding", "RESIZE_MODES"),
-    "image_size_pair": ("folder", "image_size_pair"),
+    "image_size_pair": ("decoding", "image_size_pair"),
     "load_image_folder": ("folder", "load_image_folder"),
     **{name: ("pipeline", name) for name in (
         "EXTRA_AUGMENTATIONS", "TrainingData", "augmentation_draws", "check_extra_augmentation",

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_fastres.data.splits import Split
-from keras_fastres.files import INCOMPLETE, process_exists
+from keras_fastres.utils.files import INCOMPLETE, process_exists
 
 IMAGES, LABELS, MANIFEST = "images.npy", "labels.npy", "manifest.json"
 PARTIAL = f".{INCOMPLETE}-"  # an entry being written: .incomplete-<host>-<pid>-<random>

@@ -46,6 +46,21 @@ def image_suffixes():
                         if name in Image.OPEN))
 
 
+def image_size_pair(image_size):
+    """(height, width) of an `image_size` given as one int or a one-item sequence (square), or a
+    (height, width) pair (`--image-size H [W]`), checked."""
+    try:
+        pair = (image_size,) if isinstance(image_size, int) else tuple(image_size)
+    except TypeError:  # not a sequence
+        pair = ()
+    pair = pair * 2 if len(pair) == 1 else pair
+    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 4
+                             for s in pair):
+        raise ValueError(f"image size must be one integer (square) or a (height, width) pair, "
+                         f"each at least 4 (the network halves it twice); got {image_size!r}.")
+    return pair
+
+
 def check_resize(resize):
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}.")

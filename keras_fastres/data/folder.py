@@ -31,7 +31,13 @@ import numpy as np
 from PIL import Image
 
 from keras_fastres.data import cache, decoding
-from keras_fastres.data.decoding import MAX_PIXELS, check_resize, decode_image, image_suffixes
+from keras_fastres.data.decoding import (
+    MAX_PIXELS,
+    check_resize,
+    decode_image,
+    image_size_pair,
+    image_suffixes,
+)
 from keras_fastres.data.splits import (
     DataUnavailableError,
     ImageData,
@@ -48,18 +54,6 @@ SHOWN_SKIPPED = 5  # files named in a warning
 LOADER_VERSION = 2  # a new version (other pixels for the same files) misses every cache
 VALIDATION_FRACTION = 0.1  # the default hold-out of class folders
 PROCESS_FILES = 1000  # fewer files are decoded in this process: a worker's start costs more
-
-
-def image_size_pair(image_size):
-    """(height, width) of an `image_size` given as one int or a one-item sequence (square), or a
-    (height, width) pair (`--image-size H [W]`), checked."""
-    pair = (image_size,) if isinstance(image_size, int) else tuple(image_size)
-    pair = pair * 2 if len(pair) == 1 else pair
-    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 4
-                             for s in pair):
-        raise ValueError(f"image size must be one integer (square) or a (height, width) pair, "
-                         f"each at least 4 (the network halves it twice); got {image_size!r}.")
-    return pair
 
 
 def _class_folders(root):

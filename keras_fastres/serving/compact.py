@@ -4,13 +4,14 @@ float model on the run's test split before it is published (`fastres-export --qu
 `--format litert`).
 
     <export-dir>/<version>/model.onnx       int8 (QDQ): uint8 images in, probabilities float32
-                                            and classes int64 out, class names and resize mode
-                                            in its metadata_props, as the float ONNX model
+                                            and classes int64 out, class names and image
+                                            preparation in its metadata_props, as the float
+                                            ONNX model
     <export-dir>/<version>/model.tflite     signature serving_default: images uint8
                                             [N, H, W, 3] in; out probabilities (float32, or
                                             uint8 in steps of 1/256 for int8) and classes int64
                      .../class_names.txt    one name per line (label i on line i + 1)
-                     .../resize.txt         the model's resize mode
+                     .../preparation.json   how image files become its input (size, resize)
 
 Quantization is static: activation ranges calibrated on `CALIBRATION_IMAGES` images of the
 run's training split (drawn with a seed), weights per output channel. The BNs are folded
@@ -26,16 +27,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_fastres.preparation import PREPARATION_FILE
 from keras_fastres.serving.export import (
     CLASS_NAMES_FILE,
     LITERT_FILE,
     ONNX_FILE,
-    RESIZE_FILE,
     _input_size,
     _probabilities_fn,
     check_one_format,
-    model_resize,
     onnx_bytes,
+    preparation_of,
     publish_file,
 )
 from keras_fastres.serving.folding import fold_batch_norms
@@ -64,7 +65,7 @@ def quantize_onnx(content: bytes, calibration: np.ndarray, batch: int = 32) -> b
     """The float ONNX model `content` (export.onnx_bytes) quantized statically to int8 (QDQ,
     per-channel weights in 7 bits: on CPUs without VNNI onnxruntime sums uint8 x int8 pairs in
     saturating 16 bits, which full-range weights overflow; uint8 activations) with activation
-    ranges calibrated on the uint8 images `calibration`; its metadata (class names, resize
+    ranges calibrated on the uint8 images `calibration`; its metadata (class names, image
     mode) kept."""
     import onnx
     from onnxruntime.quantization import (
@@ -267,7 +268,7 @@ def export_compact(model, export_dir, data, format="onnx", quantize=None, versio
         target = publish_file(Path(export_dir), version, ONNX_FILE, content, kind="onnx")
     else:
         names = getattr(model, "class_names", None)
-        beside = {RESIZE_FILE: f"{model_resize(model)}\n"}
+        beside = {PREPARATION_FILE: preparation_of(model).to_json()}
         if names:
             beside[CLASS_NAMES_FILE] = "".join(f"{name}\n" for name in names)
         target = publish_file(Path(export_dir), version, LITERT_FILE, content, beside,

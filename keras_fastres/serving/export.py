@@ -13,9 +13,10 @@ classification examples keep them. The ONNX model has serving_default's input an
 probabilities and classes, and the class names as a JSON list in its metadata_props
 ("class_names").
 
-How the training images reached the input size (the model's `resize`: stretch, crop or pad)
-travels too, so that clients resize new images the same way: the SavedModel's
-assets/resize.txt, the ONNX model's metadata_props ("resize").
+How image files become the model's input (its `ImagePreparation`: the size and the resize
+mode, stretch, crop or pad) travels too, so that clients prepare new images the same way: the
+SavedModel's assets/preparation.json (and its serving_bytes signature prepares by it), the ONNX
+model's metadata_props ("preparation", the same JSON).
 
 By default every BatchNorm that directly follows a convolution is folded into it
 (`folding.fold_batch_norms`): type1 keeps only its final BN, preact one per block plus the
@@ -36,10 +37,10 @@ import keras
 import tensorflow as tf
 
 from keras_fastres.errors import summary, tensorflow_reason
-from keras_fastres.files import open_new, remove_leftovers, temporary_sibling
-from keras_fastres.machine import require_tensorflow_backend
-from keras_fastres.serving.decode import decode_batch
+from keras_fastres.preparation import ImagePreparation
 from keras_fastres.serving.folding import fold_batch_norms
+from keras_fastres.utils.files import open_new, remove_leftovers, temporary_sibling
+from keras_fastres.utils.machine import require_tensorflow_backend
 
 SAVED_MODEL_FILE = "saved_model.pb"  # in <export-dir>/<version>/, TF Serving's layout
 LITERT_FILE = "model.tflite"  # in <export-dir>/<version>/
@@ -47,7 +48,6 @@ ONNX_FILE = "model.onnx"  # in <export-dir>/<version>/, the layout Triton's ONNX
 ONNX_OPSET = 17
 FORMATS = ("saved_model", "onnx", "litert")
 CLASS_NAMES_FILE = "class_names.txt"  # the SavedModel's asset: one class name per line
-RESIZE_FILE = "resize.txt"  # the SavedModel's asset: the model's resize mode
 
 
 def _probabilities_fn(model):
@@ -251,10 +251,10 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
                 str(names_file), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.string,
                 tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
             serve = _naming_top_class(serve, root.table)
-        resize = model_resize(model)
+        preparation = preparation_of(model)
 
         def serve_bytes(image_bytes):
-            return serve(decode_batch(image_bytes, height, width, resize))
+            return serve(preparation.prepare_bytes(image_bytes))
         # Each traced once, as a concrete function (a tf.function given as a signature would
         # be traced again when saved).
         images = tf.function(serve)
@@ -271,13 +271,16 @@ def export_saved_model(model: keras.Model, export_dir: str | os.PathLike,
         def write(folder):
             tf.saved_model.save(root, str(folder), signatures=signatures)
             (folder / "assets").mkdir(exist_ok=True)
-            (folder / "assets" / RESIZE_FILE).write_text(f"{resize}\n")
+            preparation.save(folder / "assets")
         return publish(export_dir, version, write, "saved_model")
 
 
-def model_resize(model):
-    """The model's resize mode: a FastResNet's `resize`, "stretch" for another model."""
-    return getattr(model, "resize", "stretch")
+def preparation_of(model) -> ImagePreparation:
+    """How image files become `model`'s input: a FastResNet's `preparation`; for another
+    Keras model, its input size stretched."""
+    preparation = getattr(model, "preparation", None)
+    return preparation if isinstance(preparation, ImagePreparation) else ImagePreparation(
+        _input_size(model))
 
 
 def _naming_top_class(serve, table):
@@ -346,7 +349,7 @@ def onnx_bytes(model: keras.Model, fold_batch_norm: bool = True) -> bytes:
         entry = proto.metadata_props.add()
         entry.key, entry.value = "class_names", json.dumps(names)
     entry = proto.metadata_props.add()
-    entry.key, entry.value = "resize", model_resize(model)
+    entry.key, entry.value = "preparation", preparation_of(model).to_json()
     return proto.SerializeToString()
 
 

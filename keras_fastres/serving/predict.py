@@ -3,9 +3,9 @@
 ONNX or LiteRT model (the file, its version folder or their base), a training run's directory
 (its model.keras) or a .keras file.
 
-Any image size: images are resized to the model's input as the training data was
-(`data.decoding.decode_image`, in the model's resize mode: the SavedModel's
-assets/resize.txt, the ONNX metadata, the resize.txt beside a LiteRT model, the Keras config).
+Any image size: images are prepared for the model's input as the training data was, by the
+`ImagePreparation` saved with the model (the SavedModel's assets/preparation.json, the ONNX
+metadata, the preparation.json beside a LiteRT model, the .keras file's asset).
 Class names are the model's own (assets/class_names.txt, the ONNX metadata, the
 class_names.txt beside a LiteRT model, the Keras config); a model without names answers with
 class indices.
@@ -18,18 +18,18 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_fastres.console import check_positive_integers
-from keras_fastres.data.decoding import RESIZE_MODES, decode_image
 from keras_fastres.errors import DamagedFile, summary
 from keras_fastres.models import MODEL_FILE
+from keras_fastres.preparation import ImagePreparation
 from keras_fastres.serving.export import (
     CLASS_NAMES_FILE,
     LITERT_FILE,
     ONNX_FILE,
-    RESIZE_FILE,
     SAVED_MODEL_FILE,
+    preparation_of,
     version_number,
 )
+from keras_fastres.utils.console import check_positive_integers
 
 MODEL_FILES = (("saved_model", SAVED_MODEL_FILE), ("keras", MODEL_FILE), ("onnx", ONNX_FILE),
                ("litert", LITERT_FILE))
@@ -93,29 +93,31 @@ def load_serving_function(path):
     return load_signatures(path)["serving_default"]
 
 
-def load_image(path, height, width, resize="stretch"):
+def load_image(path, preparation):
     """uint8 [height, width, 3] pixels of an image file (any still format Pillow reads),
-    upright and resized as the training images of an image folder are; a `DamagedFile` when
-    it cannot be read."""
+    prepared by `preparation` (an `ImagePreparation`) as the training images were; a
+    `DamagedFile` when it cannot be read."""
     try:
-        return decode_image(path, height, width, resize=resize)
+        return preparation.prepare_file(path)
     except ValueError as error:
         raise DamagedFile(f"Cannot read {path}: it is not an image Pillow reads, or it is "
                           f"damaged ({error}).") from None
 
 
-def resize_mode(saved_model, resize_file=None):
-    """The resize mode exported with the SavedModel at `saved_model` (or in `resize_file`;
-    "stretch" for an export older than the file); a `DamagedFile` naming the file when it
-    holds another word."""
-    resize_file = resize_file or Path(saved_model) / "assets" / RESIZE_FILE
-    if not resize_file.is_file():
-        return "stretch"
-    word = resize_file.read_text(encoding="utf-8", errors="replace").strip()
-    if word not in RESIZE_MODES:
-        raise DamagedFile(f"{resize_file} says {word[:40]!r}, not one of {RESIZE_MODES}; "
-                          f"export the model again.")
-    return word
+def exported_preparation(source, size, metadata=None):
+    """The `ImagePreparation` exported at `source`: the folder holding its preparation.json, or
+    an ONNX file whose "preparation" `metadata` is given; for an export without one (0.2), `size`
+    stretched. A `DamagedFile` when it is not one, or prepares another size than the model's
+    input `size`."""
+    if metadata is not None:
+        preparation = ImagePreparation.from_json(metadata, f"{source}'s metadata")
+    else:
+        preparation = (Path(source).is_dir() and ImagePreparation.load(source)
+                       or ImagePreparation(size))
+    if preparation.image_size != tuple(size):
+        raise DamagedFile(f"The image preparation of {source} is for {preparation.image_size} "
+                          f"images, the model's input is {tuple(size)}; export the model again.")
+    return preparation
 
 
 def class_names(saved_model, num_classes, names_file=None):
@@ -152,14 +154,13 @@ def check_image_files(image_paths):
 
 @dataclass
 class Classifier:
-    """A model opened for classifying: its input size, `names(num_classes)` (its class names,
-    or None), its resize mode, and `probabilities(images)`: uint8 (N, H, W, 3) -> float
+    """A model opened for classifying: `names(num_classes)` (its class names, or None), its
+    `ImagePreparation`, and `probabilities(images)`: uint8 (N, H, W, 3) -> float
     (N, num_classes)."""
 
     path: Path
-    size: tuple
     names: Callable[[int], list | None]
-    resize: str
+    preparation: ImagePreparation
     probabilities: Callable[[np.ndarray], np.ndarray]
 
 
@@ -174,8 +175,8 @@ def open_classifier(path) -> Classifier:
 def _saved_model(folder):
     serve = load_serving_function(folder)
     size = tuple(serve.structured_input_signature[1]["images"].shape[1:3])
-    return Classifier(folder, size, _names(lambda count: class_names(folder, count)),
-                      resize_mode(folder),
+    return Classifier(folder, _names(lambda count: class_names(folder, count)),
+                      exported_preparation(folder / "assets", size),
                       lambda images: serve(images=tf.constant(images))["probabilities"].numpy())
 
 
@@ -193,9 +194,8 @@ def _names(read):
 def _keras(file):
     from keras_fastres.models import load_model
     model = load_model(file)
-    size = tuple(model.input_shape[1:3])
     names = getattr(model, "class_names", None)
-    return Classifier(file, size, lambda count: names, getattr(model, "resize", "stretch"),
+    return Classifier(file, lambda count: names, preparation_of(model),
                       lambda images: model.predict(images.astype(np.float32), verbose=0))
 
 
@@ -210,7 +210,8 @@ def _onnx(file):
     metadata = session.get_modelmeta().custom_metadata_map
     names = json.loads(metadata["class_names"]) if "class_names" in metadata else None
     size = tuple(session.get_inputs()[0].shape[1:3])
-    return Classifier(file, size, lambda count: names, metadata.get("resize", "stretch"),
+    return Classifier(file, lambda count: names,
+                      exported_preparation(file, size, metadata.get("preparation")),
                       lambda images: session.run(["probabilities"], {"images": images})[0])
 
 
@@ -229,9 +230,9 @@ def _litert(file):
         result = runner(images=images)["probabilities"]
         return (result.astype(np.float32) - zero) * scale if scale else result
     names_file = file.parent / CLASS_NAMES_FILE
-    return Classifier(file, tuple(images_input["shape"][1:3]), _names(
-        lambda count: class_names(file.parent, count, names_file)),
-        resize_mode(file.parent, file.parent / RESIZE_FILE), probabilities)
+    return Classifier(file, _names(lambda count: class_names(file.parent, count, names_file)),
+                      exported_preparation(file.parent, tuple(images_input["shape"][1:3])),
+                      probabilities)
 
 
 def predict(export_dir, image_paths, top=3, on_error=None):
@@ -241,11 +242,10 @@ def predict(export_dir, image_paths, top=3, on_error=None):
     check_positive_integers(top=top)
     check_image_files(image_paths)
     classifier = open_classifier(export_dir)
-    height, width = classifier.size
     readable, pixels = [], []
     for path in image_paths:
         try:
-            pixels.append(load_image(path, height, width, classifier.resize))
+            pixels.append(load_image(path, classifier.preparation))
             readable.append(path)
         except DamagedFile as error:
             if on_error is None:

@@ -30,9 +30,14 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_fastres import callbacks, data, distribute, files, plots
-from keras_fastres.backup import Backup
-from keras_fastres.config import (
+from keras_fastres import callbacks, data
+from keras_fastres.data.summary import data_summary, summary_lines
+from keras_fastres.errors import FastResWarning, Terminated, stop_on_sigterm, summary
+from keras_fastres.models import MODEL_FILE
+from keras_fastres.serving.export import export_saved_model
+from keras_fastres.training import distribute, plots
+from keras_fastres.training.backup import Backup
+from keras_fastres.training.config import (
     TrainConfig,
     build_and_compile,
     check_config,
@@ -43,11 +48,10 @@ from keras_fastres.config import (
     scaled_learning_rate,
     value_of_word,
 )
-from keras_fastres.data.summary import data_summary, summary_lines
-from keras_fastres.errors import FastResWarning, Terminated, stop_on_sigterm, summary
-from keras_fastres.finetune import check_network, initialize_from
-from keras_fastres.lock import folder_lock
-from keras_fastres.machine import (
+from keras_fastres.training.finetune import check_network, initialize_from
+from keras_fastres.training.lock import folder_lock
+from keras_fastres.utils import files
+from keras_fastres.utils.machine import (
     describe_device,
     require_tensorflow_backend,
     resolve_data_placement,
@@ -55,8 +59,6 @@ from keras_fastres.machine import (
     resolve_steps_per_execution,
     versions,
 )
-from keras_fastres.models import MODEL_FILE
-from keras_fastres.serving.export import export_saved_model
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import statistics
 from pathlib import Path
 
 from keras_fastres.callbacks import read_history
-from keras_fastres.config import TrainConfig, experiment_fields
 from keras_fastres.errors import summary
-from keras_fastres.plots import plot_runs
+from keras_fastres.training.config import TrainConfig, experiment_fields
+from keras_fastres.training.plots import plot_runs
 
 # What makes runs repeats of one configuration: their experiment, less the seed.
 CONFIGURATION = tuple(f for f in experiment_fields(TrainConfig()) if f != "seed")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import keras
 
-from keras_fastres import files
 from keras_fastres.errors import DamagedFile, FastResWarning, summary
 from keras_fastres.models import MODEL_FILE
+from keras_fastres.utils import files
 
 GENERATION = re.compile(r"epoch-(\d+)")
 KEEP = 2  # the newest generation and the one before it

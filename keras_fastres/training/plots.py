@@ -7,7 +7,7 @@ Figures are made with `matplotlib.figure.Figure`, not pyplot: no window, no back
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
-from keras_fastres import files
+from keras_fastres.utils import files
 
 
 def plot_runs(runs, path, train_error=False, title=None):

@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import os
 
-from keras_fastres import files
+from keras_fastres.utils import files
 
 CREATED = ".lock-created"  # beside .lock while a contest for the lock has created the folder
 

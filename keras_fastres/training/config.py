@@ -17,7 +17,7 @@ from pathlib import Path
 
 import keras
 
-from keras_fastres import batch_norm, blocks, distribute, models
+from keras_fastres import batch_norm, blocks, models
 from keras_fastres.data import (
     EXTRA_AUGMENTATIONS,
     RESIZE_MODES,
@@ -29,7 +29,9 @@ from keras_fastres.data import (
     is_cifar,
     mixes_labels,
 )
-from keras_fastres.machine import resolve_jit_compile
+from keras_fastres.preparation import ImagePreparation
+from keras_fastres.training import distribute
+from keras_fastres.utils.machine import resolve_jit_compile
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PAPER_BATCH_SIZE = 128  # the reference for --lr-scaling linear
@@ -352,7 +354,9 @@ def build_and_compile(config, num_classes, synchronized_batch_norm=False, input_
         drop_path_rate=config.drop_path_rate, weight_decay=config.weight_decay,
         input_shape=input_shape, normalization=normalization,
         class_names=class_names, synchronized_batch_norm=synchronized_batch_norm,
-        batch_norm=config.batch_norm, dtype=config.precision, resize=config.resize)
+        batch_norm=config.batch_norm, dtype=config.precision)
+    # How the run's files reached the input size, saved with the model for predict and serving.
+    model.preparation = ImagePreparation(tuple(input_shape[:2]), config.resize)
     model.compile(
         optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum,
                                        nesterov=True),
