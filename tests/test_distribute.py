@@ -16,8 +16,8 @@ import pytest
 
 from keras_fastres.callbacks import paper_learning_rate, read_history
 from keras_fastres.commands.train import main
-from keras_fastres.config import TrainConfig, check_parallel_settings
-from keras_fastres.distribute import is_chief, make_strategy
+from keras_fastres.training.config import TrainConfig, check_parallel_settings
+from keras_fastres.training.distribute import is_chief, make_strategy
 
 from conftest import WeightRecorder, free_ports, wait_for_backup
 
@@ -189,8 +189,8 @@ def fit(steps_per_execution=1, placement="host", jit_compile=False, epochs=2,
     import keras
 
     from keras_fastres import data
-    from keras_fastres.config import TrainConfig, build_and_compile
-    from keras_fastres.distribute import Trainer
+    from keras_fastres.training.config import TrainConfig, build_and_compile
+    from keras_fastres.training.distribute import Trainer
     split = data.synthetic_cifar("cifar10", images, 16, seed=0)
     strategy = make_strategy("auto")
     if model is None:
@@ -228,7 +228,7 @@ def test_steps_per_call_and_data_on_the_device_train_the_same_weights(
 
 
 def test_data_on_the_device_resumes_bit_exact(tmp_path, one_step_per_call):
-    from keras_fastres.backup import Backup
+    from keras_fastres.training.backup import Backup
     backup = Backup(tmp_path / "backup")
     backup.experiment = {"epochs": 2, "seed": 0}
     model = fit(3, "device", epochs=1, callbacks=[backup])
@@ -238,6 +238,31 @@ def test_data_on_the_device_resumes_bit_exact(tmp_path, one_step_per_call):
     for a, b in zip(resumed, one_step_per_call, strict=True):
         np.testing.assert_array_equal(a, b)
     assert model is not fresh
+
+
+def test_keras_fit_with_the_package_callbacks_trains_the_recipes_weights():
+    """The training path (docs/design.md): a library user's `model.fit`, given the batches of
+    the recipe's data (TrainingData's epochs) and the package's callbacks, runs the same
+    computation as the recipe's loop, so it ends with the same weights, bit for bit (the same
+    operations in the same order: a cross-entropy mean plus the weight-decay penalties, SGD)."""
+    import keras
+
+    from keras_fastres import data
+    from keras_fastres.callbacks import EpochTimer, paper_schedule
+    from keras_fastres.training.config import TrainConfig, build_and_compile
+    split = data.synthetic_cifar("cifar10", 200, 16, seed=0)
+    keras.utils.set_random_seed(0)
+    model = build_and_compile(TrainConfig(depth=8), 10)
+    train = data.TrainingData(split.train, 32, 0, 10)
+    timer = EpochTimer(200)
+    for epoch in range(2):
+        history = model.fit(train.epoch(epoch, 0, 1, 1), epochs=epoch + 1, initial_epoch=epoch,
+                            callbacks=[paper_schedule(2), timer], verbose=0)
+    assert len(timer.epoch_seconds) == 2
+    assert history.history["learning_rate"] == [pytest.approx(0.01)]  # the schedule ran
+    reference = fit(callbacks=[paper_schedule(2)]).get_weights()  # the recipe's loop
+    for a, b in zip(model.get_weights(), reference, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_the_whole_step_on_the_device_compiles_with_xla():
