@@ -15,7 +15,7 @@ from keras_fastres.errors import is_tensorflow_error
 from keras_fastres.training.compare import PlotNotWritten, compare_runs
 from keras_fastres.training.config import TrainConfig, option_name, option_word, value_of_word
 from keras_fastres.training.run import train
-from keras_fastres.utils.console import HelpFormatter, program
+from keras_fastres.utils.console import HelpFormatter, program, quiet_loggers
 
 
 def auto_or(kind):
@@ -127,7 +127,8 @@ def compare(parsed):
 def train_and_report(config):
     progress = (progress_bar(f"Decoding {Path(config.data).expanduser()}")
                 if config.data and sys.stdout.isatty() else None)
-    metrics = train(config, progress)
+    with quiet_loggers("absl"):
+        metrics = train(config, progress)
     if config.cache_only:
         print(f"{metrics['train_images']:,} training and {metrics['test_images']:,} test images "
               f"{'were already' if metrics['cache'] == 'hit' else 'now'} in the cache: "

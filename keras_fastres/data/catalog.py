@@ -15,7 +15,6 @@ import os
 import socket
 import threading
 import urllib.request
-from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import numpy as np
@@ -38,28 +37,14 @@ DEFAULT_TEST_SPLIT = "test"  # held out of the training split when the data set 
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def _quiet_absl():
-    """TFDS warns (through absl) that an unprepared version folder has no dataset_info.json;
-    the errors here say that, and what to do."""
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        absl_logger.setLevel(level)
-
-
 def prepared_builder(name, data_dir, download, help_text="", check_network=None):
     """The TFDS builder of `name`, downloaded and prepared into `data_dir` first if needed (and
     `download`); `check_network(builder)` may refuse before a download starts."""
     import tensorflow_datasets as tfds
 
     try:
-        with _quiet_absl():
-            builder = tfds.builder(name, data_dir=data_dir)
-            prepared = builder.is_prepared()
+        builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
     except tfds.core.registered.DatasetNotFoundError:
         raise DataUnavailableError(
             f"TFDS has no data set named {name!r}; give a name of its catalog "

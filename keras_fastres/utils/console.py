@@ -86,13 +86,25 @@ def quiet_converters():
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") != "3":
         yield
         return
-    loggers = [logging.getLogger(name) for name in (None, "absl", "tensorflow")]
+    with quiet_loggers(None, "absl", "tensorflow"), _native_stderr_hidden():
+        yield
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names):
+    """In a command, the loggers `names` (None: the root logger) show errors only for the
+    duration, and are as they were after; with TF_CPP_MIN_LOG_LEVEL set to another level than
+    3, nothing is hidden. E.g. fastres-train hides absl's warnings, through which TFDS says
+    what its own errors then say (an unprepared version folder has no dataset_info.json)."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") != "3":
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with _native_stderr_hidden():
-            yield
+        yield
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
