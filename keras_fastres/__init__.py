@@ -51,6 +51,8 @@ _LAZY = {
     "load_image_folder": "keras_fastres.data",
     "export_saved_model": "keras_fastres.serving.export",
     "export_onnx": "keras_fastres.serving.export",
+    "evaluate": "keras_fastres.evaluation",
+    "Evaluation": "keras_fastres.evaluation",
 }
 
 
@@ -70,7 +72,7 @@ __all__ = [
     "FastResNet", "FastResNet20", "FastResNet32", "FastResNet44", "FastResNet56",
     "FastResNet110", "FastResNet668", "FastResNet1202", "load_model", "ImagePreparation",
     "export_saved_model", "export_onnx", "fold_batch_norms",
-    "load_cifar", "load_image_folder", "ImageData",
+    "load_cifar", "load_image_folder", "ImageData", "evaluate", "Evaluation",
     "ResidualBlock", "V1Block", "PreactBlock", "Type1Block", "Type2Block", "VARIANTS",
     "BatchNorm",
 ]

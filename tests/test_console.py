@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keras_fastres.commands import benchmark, export, predict
+from keras_fastres.commands import benchmark, evaluate, export, predict
 from keras_fastres.commands.train import main, parse_args
 from keras_fastres.training.config import TrainConfig, option_name
 
@@ -26,6 +26,8 @@ def test_installed_and_module_commands_start_quietly_and_fail_in_one_line(tmp_pa
           "--export-dir", str(tmp_path / "out")], "No model at"),
         ([str(installed / "fastres-predict"), str(tmp_path), str(tmp_path)], "is a folder"),
         ([str(installed / "fastres-serve"), str(tmp_path)], f"No model in {tmp_path}"),
+        ([str(installed / "fastres-evaluate"), str(tmp_path / "nothing"), str(tmp_path)],
+         "no such model file or folder"),
     ]
     # Side by side: each start is mostly TensorFlow's import.
     started = [(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -42,6 +44,7 @@ def test_installed_and_module_commands_start_quietly_and_fail_in_one_line(tmp_pa
     (lambda argv: main(TrainConfig(), argv), [], "(default: 160)"),
     (export.main, [], "(default: saved_model)"),
     (predict.main, [], "(default: 3)"),
+    (evaluate.main, [], "(default: 256)"),
     (benchmark.main, ["train"], "(default: 128)"),
 ])
 def test_help_shows_the_defaults(command, argv, default, capsys):

@@ -112,7 +112,7 @@ def test_only_the_commands_print_or_switch_global_state():
 MODEL_ZOO = {"keras_fastres", "keras_fastres.models", "keras_fastres.blocks",
              "keras_fastres.batch_norm", "keras_fastres.callbacks", "keras_fastres.errors",
              "keras_fastres.preparation"}
-SUB_PACKAGES = {"data", "training", "serving", "benchmarks", "commands", "utils"}
+SUB_PACKAGES = {"data", "training", "serving", "evaluation", "benchmarks", "commands", "utils"}
 
 
 def module_level(tree):

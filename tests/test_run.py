@@ -34,6 +34,8 @@ SMALL = ["--synthetic", "--synthetic-size", "64", "16", "--depth", "8", "--batch
          "--seed", "0"]
 
 
+TINY = data.synthetic_cifar("cifar10", 8, 8)  # a run's data, for its evaluation report
+
 def one_line_error(capsys):
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1, error
@@ -91,7 +93,8 @@ def test_sigterm_as_the_run_finishes_says_so_and_leaves_no_part_of_its_backup(
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"Terminated (SIGTERM). The run had finished; its results are in {run}.")
     assert sorted(p.name for p in run.iterdir()) == [  # no backup/, no hidden part of one
-        ".lock", "error_curve.png", "history.csv", "metrics.json", "model.keras", "tensorboard"]
+        ".lock", "error_curve.png", "evaluation", "history.csv", "metrics.json", "model.keras",
+        "tensorboard"]
     monkeypatch.undo()
     assert main(TrainConfig(), [*SMALL, "--epochs", "1", "--output-dir", str(run)]) == 1
     assert "already holds a finished run" in one_line_error(capsys)
@@ -103,10 +106,10 @@ def test_outputs_written_again_after_a_kill_reuse_the_runs_export(tmp_path):
     config = TrainConfig(depth=8, export=True, output_dir=str(tmp_path / "run"))
     (tmp_path / "run").mkdir()
     history = [{"epoch": "1", "test_error": "0.5", "accuracy": "0.5"}]
-    write_outputs(FastResNet(8), config, {}, history)
+    write_outputs(FastResNet(8), config, {}, history, TINY)
     (tmp_path / "run" / "metrics.json").unlink()  # killed before this was written
     metrics = {}
-    write_outputs(FastResNet(8), config, metrics, history)
+    write_outputs(FastResNet(8), config, metrics, history, TINY)
     assert metrics["export_dir"] == str(tmp_path / "run" / "export" / "1")
     assert sorted(p.name for p in (tmp_path / "run" / "export").iterdir()) == ["1"]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["export_dir"].endswith(
@@ -128,10 +131,10 @@ def test_files_written_into_a_run_never_follow_a_planted_link(tmp_path):
     HistoryCSV(run / "history.csv").on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5,
                                                      "test_error": 0.5})
     write_outputs(FastResNet(8), TrainConfig(depth=8, output_dir=str(run)), {},
-                  read_history(run / "history.csv"))
+                  read_history(run / "history.csv"), TINY)
     assert [victim.read_text() for victim in victims] == ["precious"] * len(victims)
     assert sorted(p.name for p in run.iterdir()) == [
-        "error_curve.png", "history.csv", "metrics.json", "model.keras"]
+        "error_curve.png", "evaluation", "history.csv", "metrics.json", "model.keras"]
     assert not any(p.is_symlink() for p in run.iterdir())
     assert (run / "error_curve.png").read_bytes().startswith(b"\x89PNG")
 

@@ -137,7 +137,8 @@ def train_and_report(config):
     print(f"test error {100 * metrics['test_error']:.2f}%, "
           f"{metrics['mean_epoch_seconds']:.2f} s/epoch "
           f"({metrics['images_per_second']:.0f} images/s) on {metrics['device']}; "
-          + (f"outputs in {metrics['outputs']}" if metrics["outputs"] else
+          + (f"outputs in {metrics['outputs']}, what it got wrong in "
+             f"{metrics['evaluation']}" if metrics["outputs"] else
              "this worker wrote nothing; the chief wrote the outputs"))
 
 

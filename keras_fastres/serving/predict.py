@@ -193,9 +193,13 @@ def _names(read):
 
 def _keras(file):
     from keras_fastres.models import load_model
-    model = load_model(file)
+    return keras_classifier(load_model(file), file)
+
+
+def keras_classifier(model, path=None) -> Classifier:
+    """A Keras model in memory as a `Classifier`."""
     names = getattr(model, "class_names", None)
-    return Classifier(file, lambda count: names, preparation_of(model),
+    return Classifier(path or Path(model.name), lambda count: names, preparation_of(model),
                       lambda images: model.predict(images.astype(np.float32), verbose=0))
 
 

@@ -4,6 +4,7 @@ A run writes into its output directory:
     history.csv      one row per epoch (callbacks.HistoryCSV)
     metrics.json     test error, seconds per epoch, images/s, the configuration, versions, device
     error_curve.png  train and test error per epoch, like the paper's figures 6-8
+    evaluation/      what the model gets wrong on the test split (evaluation/report.py)
     model.keras      the trained model (keras.saving.load_model after `import keras_fastres`)
     export/1/        with `export`: a SavedModel for serving (serving/export.py)
     tensorboard/     TensorBoard logs
@@ -33,6 +34,8 @@ import tensorflow as tf
 from keras_fastres import callbacks, data
 from keras_fastres.data.summary import data_summary, summary_lines
 from keras_fastres.errors import FastResWarning, Terminated, stop_on_sigterm, summary
+from keras_fastres.evaluation import evaluate
+from keras_fastres.evaluation.report import write_report
 from keras_fastres.models import MODEL_FILE
 from keras_fastres.serving.export import export_saved_model
 from keras_fastres.training import distribute, plots
@@ -359,7 +362,7 @@ def _finish(config, run_dir, chief, seed, model, trainer, test_data, images, tim
         "device": describe_device(),
     }
     if chief:
-        write_outputs(model, config, metrics, history)
+        write_outputs(model, config, metrics, history, images)
     return metrics
 
 
@@ -431,9 +434,9 @@ def check_same_experiment(stored, current, run_dir, fields=None):
             f"another --output-dir.")
 
 
-def write_outputs(model, config, metrics, history):
-    """The chief's end of a run: model, export, plot, then metrics.json, which marks the run
-    finished; then the backup goes. Each file appears only when complete, and an error names
+def write_outputs(model, config, metrics, history, images):
+    """The chief's end of a run: model, export, plot, the evaluation report of its test split
+    (`images.test`), then metrics.json, which marks the run finished; then the backup goes. Each file appears only when complete, and an error names
     the file it was writing."""
     run_dir = config.run_dir()
     with _naming(run_dir / MODEL_FILE):
@@ -449,6 +452,9 @@ def write_outputs(model, config, metrics, history):
         plots.plot_runs([(f"ResNet-{config.depth} {config.variant}", history)],
                         run_dir / "error_curve.png", train_error=True,
                         title=f"{config.data_name()}, ResNet-{config.depth} {config.variant}")
+    with _naming(run_dir / "evaluation"):
+        write_report(evaluate(model, images), run_dir / "evaluation")
+    metrics["evaluation"] = str(run_dir / "evaluation")
     with _naming(run_dir / "metrics.json"):
         write_json(run_dir / "metrics.json", metrics)
     # Renamed away first: a run stopped midway never holds part of a backup/ (`train` removes
