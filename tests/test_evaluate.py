@@ -139,3 +139,52 @@ def test_the_preparation_of_the_model_is_what_evaluation_uses(fruit):
     evaluation = evaluate(model, fruit)
     assert evaluation.images([0])[0].shape == (8, 8, 3)
     assert ImagePreparation(8).prepare_file(evaluation.sources[0]).shape == (8, 8, 3)
+
+
+def test_every_float_export_of_a_run_scores_its_test_split_alike_and_int8_is_compared(
+        digits_run, tmp_path, capsys):
+    """The digits run on its own test split (fastres-evaluate RUN) and its .keras file, its
+    SavedModel and a float ONNX export on the folder's test/ (the same files): the same
+    accuracy, to the image. The int8 ONNX model's is stated, and --compare lists exactly the
+    images where its class differs from the float ONNX model's (onnxruntime run here)."""
+    import onnxruntime
+
+    from keras_fastres.models import load_model
+    from keras_fastres.serving.compact import calibration_images, quantize_onnx
+    from keras_fastres.serving.export import export_onnx
+    from keras_fastres.training.run import run_data
+    root, run = digits_run
+    assert main([str(run), "--output", str(tmp_path / "run")]) == 0
+    reference = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    model = load_model(run)
+    onnx_file = export_onnx(model, tmp_path / "model.onnx")
+    int8_file = tmp_path / "int8.onnx"
+    int8_file.write_bytes(quantize_onnx(onnx_file.read_bytes(),
+                                        calibration_images(run_data(run).train, 64)))
+    for source in (run / "model.keras", run / "export", onnx_file):
+        evaluation = evaluate(source, root)
+        assert evaluation.correct == round(reference["accuracy"] * reference["images"]), source
+        assert len(evaluation.labels) == reference["images"]
+    assert main([str(onnx_file), str(root), "--compare", str(int8_file), "--output",
+                 str(tmp_path / "pair")]) == 0
+    said = capsys.readouterr().out
+    assert f"against {int8_file}: accuracy" in said
+    float_eval = evaluate(onnx_file, root)
+    pixels = np.stack(float_eval.images(range(len(float_eval.labels))))
+    int8_classes = onnxruntime.InferenceSession(str(int8_file)).run(
+        ["classes"], {"images": pixels})[0]
+    differ = {float_eval.sources[i] for i in np.flatnonzero(int8_classes
+                                                            != float_eval.predictions)}
+    with open(tmp_path / "pair" / "disagreements.csv") as file:
+        assert {row["source"] for row in csv.DictReader(file)} == differ
+
+
+def test_a_data_set_name_is_its_test_split_at_the_models_size(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from keras_fastres import FastResNet, data
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(data.catalog, "host_reachable", lambda *args: True)
+    with tfds.testing.mock_data(num_examples=24):
+        evaluation = evaluate(FastResNet(8), "cifar10")
+    assert len(evaluation.labels) == 24 and evaluation.class_names[0] == "airplane"

@@ -32,8 +32,9 @@ def main(argv=None):
                              "a SavedModel or its base, a model.onnx or model.tflite")
     parser.add_argument("data", metavar="DATA", nargs="?",
                         help="a folder of class folders (with train/ and test/: its test "
-                             "split) or a finished run's dir (its test split); default: MODEL "
-                             "when it is a run")
+                             "split), a finished run's dir (its test split), or cifar10, "
+                             "cifar100, tfds:NAME (the test split); default: MODEL when it is a "
+                             "run")
     parser.add_argument("--output", metavar="DIR",
                         help="where the report goes; default: evaluation/ in the run, else "
                              "evaluation-<name> beside the model")

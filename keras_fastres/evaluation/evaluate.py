@@ -40,6 +40,12 @@ def _match_classes(model_names, data_names, num_classes):
     return {i: model_names.index(name) for i, name in enumerate(data_names)}, list(model_names)
 
 
+def _is_data_set_name(name):
+    from keras_fastres.data import is_cifar
+    from keras_fastres.data.catalog import PREFIX
+    return is_cifar(name) or name.startswith(PREFIX)
+
+
 def _folder_items(folder):
     """(class names, [(path, label)]) of a labelled folder: its test/ split when it has the
     train/test layout, else every image of its class folders."""
@@ -55,14 +61,19 @@ def evaluate(model, data, *, batch_size: int = BATCH,
     Args:
         model: a `keras.Model`, or the path of any model `fastres-predict` reads (a run
             directory, a .keras file, a SavedModel or its base, an ONNX or LiteRT file).
-        data: a folder of class folders (or with train/ and test/: its test split), or an
-            `ImageData` (its test split; a finished run's: `keras_fastres.training.run.run_data`).
+        data: a folder of class folders (or with train/ and test/: its test split), a data
+            set's name ("cifar10", "cifar100", "tfds:NAME": its test split at the model's
+            size), or an `ImageData` (its test split; a finished run's:
+            `keras_fastres.training.run.run_data`).
         on_error: called with (path, message) for an image file that cannot be read, which is
             then left out; without it such a file raises a `DamagedFile`.
 
     A ValueError when the data has a class the model does not know (by name).
     """
     classifier, model_label = _classifier(model)
+    if isinstance(data, str) and not Path(data).exists() and _is_data_set_name(data):
+        from keras_fastres.data import load
+        data = load(data, image_size=classifier.preparation.image_size)
     if isinstance(data, (str, os.PathLike)):
         names, items = _folder_items(data)
         return _evaluate_files(classifier, model_label, str(data), names, items, batch_size,

@@ -196,11 +196,19 @@ def _keras(file):
     return keras_classifier(load_model(file), file)
 
 
-def keras_classifier(model, path=None) -> Classifier:
-    """A Keras model in memory as a `Classifier`."""
+def keras_classifier(model, path=None, batch=256) -> Classifier:
+    """A Keras model in memory as a `Classifier`. The model is called directly, `batch` images
+    at a time, not through `predict()`: a model built under a multi-worker strategy would run
+    `predict()` on every worker, and the chief classifies alone after the others have ended."""
+    import keras
     names = getattr(model, "class_names", None)
+
+    def probabilities(images):
+        return np.concatenate([keras.ops.convert_to_numpy(model(
+            images[i:i + batch].astype(np.float32), training=False))
+            for i in range(0, len(images), batch)])
     return Classifier(path or Path(model.name), lambda count: names, preparation_of(model),
-                      lambda images: model.predict(images.astype(np.float32), verbose=0))
+                      probabilities)
 
 
 def _onnx(file):
