@@ -34,6 +34,7 @@ from keras_fastres.utils.console import check_positive_integers
 MODEL_FILES = (("saved_model", SAVED_MODEL_FILE), ("keras", MODEL_FILE), ("onnx", ONNX_FILE),
                ("litert", LITERT_FILE))
 SUFFIXES = {".onnx": "onnx", ".tflite": "litert", ".keras": "keras"}
+BATCH = 256  # images classified at a time
 
 
 def find_model(path):
@@ -265,7 +266,9 @@ def predict(export_dir, image_paths, top=3, on_error=None):
             on_error(path, str(error))
     if not readable:
         return []
-    probabilities = np.asarray(classifier.probabilities(np.stack(pixels)))
+    # A batch at a time: 10,000 64x64 images in one call took 12.7 GB for a ResNet-20.
+    probabilities = np.concatenate([np.asarray(classifier.probabilities(np.stack(
+        pixels[i:i + BATCH]))) for i in range(0, len(pixels), BATCH)])
     names = classifier.names(probabilities.shape[-1])
     results = []
     for path, row in zip(readable, probabilities):
