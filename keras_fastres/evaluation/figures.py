@@ -58,7 +58,8 @@ def tiles_figure(evaluation, tiles, empty) -> Figure:
     """One tile per (image index, title), six to a row; `empty` written when there are none."""
     columns = max(1, min(6, len(tiles)))
     rows = max(1, -(-len(tiles) // columns))
-    figure = Figure(figsize=(2.3 * columns, 2.6 * rows))
+    # Constrained layout keeps each tile's two-line title inside the figure.
+    figure = Figure(figsize=(2.3 * columns, 2.7 * rows), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False).ravel()
     for axes in grid:
         axes.axis("off")
@@ -68,7 +69,6 @@ def tiles_figure(evaluation, tiles, empty) -> Figure:
         axes.set_title(title, fontsize=8)
     if not tiles:
         grid[0].text(0.5, 0.5, empty, ha="center", va="center")
-    figure.tight_layout()
     return figure
 
 
