@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_fastres.evaluation.evaluation import Evaluation, disagreements
 from keras_fastres.preparation import PREPARATION_FILE
 from keras_fastres.serving.export import (
     CLASS_NAMES_FILE,
@@ -176,19 +177,18 @@ def check_quantize(quantize):
 
 
 def compare(reference, candidate, split, batch=256):
-    """Top-1 agreement of two classifiers (callables: uint8 images -> classes) on a split,
-    and each one's test error (fractions)."""
-    same = right_reference = right_candidate = 0
-    for start in range(0, len(split.labels), batch):
-        images = np.asarray(split.images[start:start + batch])
-        labels = split.labels[start:start + batch]
-        a, b = np.asarray(reference(images)), np.asarray(candidate(images))
-        same += int(np.sum(a == b))
-        right_reference += int(np.sum(a == labels))
-        right_candidate += int(np.sum(b == labels))
+    """Top-1 agreement of two classifiers (callables: uint8 images -> probabilities) on a
+    split, and each one's test error (fractions), as `fastres-evaluate --compare` counts them
+    (`evaluation.disagreements`)."""
     count = len(split.labels)
-    return {"agreement": same / count, "float_test_error": 1 - right_reference / count,
-            "quantized_test_error": 1 - right_candidate / count, "test_images": count}
+    first, second = (Evaluation(
+        tuple(map(str, range(probabilities.shape[1]))), np.asarray(split.labels), probabilities,
+        tuple(f"test image {i}" for i in range(count))) for probabilities in (
+        np.concatenate([np.asarray(classify(np.asarray(split.images[i:i + batch])))
+                        for i in range(0, count, batch)]) for classify in (reference, candidate)))
+    return {"agreement": 1 - len(disagreements(first, second)) / count,
+            "float_test_error": 1 - first.accuracy, "quantized_test_error": 1 - second.accuracy,
+            "test_images": count}
 
 
 def check_accuracy(comparison, max_drop=MAX_ACCURACY_DROP):
@@ -204,17 +204,27 @@ def check_accuracy(comparison, max_drop=MAX_ACCURACY_DROP):
 
 
 def onnx_classifier(content):
-    """uint8 images -> classes, by onnxruntime on the ONNX model `content`."""
+    """uint8 images -> probabilities, by onnxruntime on the ONNX model `content`."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
-    return lambda images: session.run(["classes"], {"images": images})[0]
+    return lambda images: session.run(["probabilities"], {"images": images})[0]
 
 
 def litert_classifier(content):
-    """uint8 images -> classes, by the LiteRT interpreter on the flatbuffer `content`."""
-    runner = litert_runner(content)
-    return lambda images: runner(images=images)["classes"]
+    """uint8 images -> probabilities, by the LiteRT interpreter on the flatbuffer `content`."""
+    return litert_probabilities(litert_runner(content))
+
+
+def litert_probabilities(runner):
+    """uint8 images -> float probabilities by a LiteRT runner; an int8 model's uint8 output (in
+    steps of 1/256) dequantized."""
+    scale, zero = runner.get_output_details()["probabilities"]["quantization"]
+
+    def probabilities(images):
+        result = runner(images=images)["probabilities"]
+        return (result.astype(np.float32) - zero) * scale if scale else result
+    return probabilities
 
 
 def litert_runner(content):

@@ -229,19 +229,14 @@ def _onnx(file):
 
 
 def _litert(file):
-    from keras_fastres.serving.compact import litert_runner
+    from keras_fastres.serving.compact import litert_probabilities, litert_runner
     try:
         runner = litert_runner(file.read_bytes())
     except (ValueError, RuntimeError) as error:
         raise DamagedFile(f"{file} is not a complete LiteRT model: {summary(error)[:200]}") \
             from None
     images_input = runner.get_input_details()["images"]
-    output = runner.get_output_details()["probabilities"]
-    scale, zero = output["quantization"]
-
-    def probabilities(images):
-        result = runner(images=images)["probabilities"]
-        return (result.astype(np.float32) - zero) * scale if scale else result
+    probabilities = litert_probabilities(runner)
     names_file = file.parent / CLASS_NAMES_FILE
     return Classifier(file, _names(lambda count: class_names(file.parent, count, names_file)),
                       exported_preparation(file.parent, tuple(images_input["shape"][1:3])),
