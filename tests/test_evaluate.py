@@ -12,7 +12,7 @@ from PIL import Image
 from keras_fastres import ImagePreparation
 from keras_fastres.commands.evaluate import main
 from keras_fastres.evaluation import Evaluation, disagreements, evaluate
-from keras_fastres.evaluation.figures import errors_figure
+from keras_fastres.evaluation.figures import confusion_figure, errors_figure
 
 RED, BLUE = (250, 10, 10), (10, 10, 250)
 COUNTS = {"apple": 4, "berry": 3, "cloud": 5}  # apple and berry: identical red images
@@ -111,8 +111,20 @@ def test_classes_the_model_does_not_know_and_unreadable_images(fruit, exported, 
     assert main([str(exported), str(other), "--output", str(tmp_path / "r")]) == 1
     out, err = capsys.readouterr()
     assert "accuracy 100.00% (2 of 2 images" in out
-    assert "broken.png" in err.splitlines()[0] and err.strip().splitlines()[-1].startswith(
-        "error: 1 images could not be read")
+    lines = err.strip().splitlines()
+    assert "broken.png" in lines[0] and lines[-1].startswith("error: 1 images could not be read")
+    assert [line for line in lines if line.startswith("warning:")] == [
+        "warning: The data has no class folder for the model's classes berry; they are "
+        "evaluated as answers only."]
+
+
+def test_a_confusion_matrix_of_100_classes_stays_readable():
+    rng = np.random.default_rng(0)
+    evaluation = Evaluation(tuple(f"class{i}" for i in range(100)), rng.integers(0, 100, 500),
+                            rng.dirichlet(np.ones(100), 500), tuple(map(str, range(500))))
+    counts, shares = confusion_figure(evaluation).axes[:2]
+    for axes in (counts, shares):
+        assert len(axes.get_xticklabels()) == 34 and not axes.texts  # every 3rd name, no values
 
 
 def test_a_training_run_ends_with_its_report(tmp_path, capsys):

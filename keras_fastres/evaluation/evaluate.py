@@ -6,12 +6,13 @@ data's classes are matched to the model's by name.
 """
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from keras_fastres.errors import DamagedFile
+from keras_fastres.errors import DamagedFile, FastResWarning
 from keras_fastres.evaluation.evaluation import Evaluation
 
 BATCH = 256  # images prepared and classified at a time
@@ -37,6 +38,11 @@ def _match_classes(model_names, data_names, num_classes):
             f"The data's classes {', '.join(unknown[:10])} are not among the model's "
             f"({', '.join(model_names[:10])}{'...' if len(model_names) > 10 else ''}); give "
             f"data with the model's class folder names.")
+    absent = [name for name in model_names if name not in data_names]
+    if absent:
+        warnings.warn(f"The data has no class folder for the model's classes "
+                      f"{', '.join(absent[:10])}{'...' if len(absent) > 10 else ''}; they are "
+                      f"evaluated as answers only.", FastResWarning, stacklevel=4)
     return {i: model_names.index(name) for i, name in enumerate(data_names)}, list(model_names)
 
 
