@@ -84,7 +84,7 @@ def test_it_answers_like_predict_refuses_bad_requests_and_stops_on_sigterm(digit
     for body, reason in (
             ({"instances": [{"b64": "!! not base64"}]}, "not base64 text"),
             ({"instances": [{"b64": base64.b64encode(b"hello").decode()}]},
-             "image_bytes[0] is not a JPEG, PNG, GIF or BMP image"),
+             "image_bytes[0] is not a JPEG, PNG, GIF, BMP or WebP image"),
             (b"{not json", "not JSON"),
             ({"instances": [[[[300, 0, 0]] * 16] * 16]}, "whole pixel values 0-255"),
             ({"signature_name": "serving_float", "instances": [[[[300.0, 0, 0]] * 16] * 16]},

@@ -4,7 +4,7 @@ ONNX model (onnxruntime and other ONNX runtimes), neither needing this package o
 SavedModel signatures (the batch dimension is None: any batch size, 1 included):
     serving_default  images: uint8 [None, H, W, 3], raw pixels as a PNG/JPEG decoder gives them
     serving_float    images: float32 [None, H, W, 3], pixel values in [0, 255]
-    serving_bytes    image_bytes: string [None], encoded JPEG, PNG, GIF or BMP files of any
+    serving_bytes    image_bytes: string [None], encoded JPEG, PNG, GIF, BMP or WebP files of any
                      size, decoded and resized in the graph as training did (serving/decode.py)
 All return {"probabilities": float32 [None, num_classes], "classes": int64 [None]}, and, for a
 model with class names, "class_name": string [None], the top class's name; the names are also in

@@ -4,7 +4,7 @@ deploys as a KServe InferenceService, which scales out on Kubernetes.
 
     GET  /v1/models/NAME            {"name": NAME, "ready": true}
     POST /v1/models/NAME:predict    {"instances": [...], "signature_name": ...}
-         instances: {"b64": "<base64 of a JPEG/PNG/GIF/BMP file>"} each (serving_bytes), or
+         instances: {"b64": "<base64 of a JPEG/PNG/GIF/BMP/WebP file>"} each (serving_bytes), or
          pixel arrays [H][W][3] (serving_default, uint8; serving_float with that name)
          -> {"predictions": [{"probabilities": [...], "classes": i, "class_name": "..."}]}
 
