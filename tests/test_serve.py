@@ -142,3 +142,30 @@ def test_the_serve_benchmark_counts_what_it_sent(tmp_path, capsys):
             sum(result["requests_per_second_per_round"]) / 2)  # the median of two
         assert 0 < result["latency_ms_p50"] <= result["latency_ms_p99"]
     assert "requests/s" in capsys.readouterr().out
+
+
+def test_a_tiff_is_answered_as_predict_answers_it(digits_run, tmp_path):
+    """TensorFlow has no TIFF decoder: the server decodes a request holding one with the
+    training loader's code and the export's preparation, and answers as fastres-predict."""
+    import asyncio
+    import base64
+
+    from PIL import Image
+
+    from keras_fastres.serving.predict import predict
+    from keras_fastres.serving.server import model_class
+    root, run = digits_run
+    sources = sorted((root / "test").rglob("*.png"))[:6]
+    files = []
+    for index, source in enumerate(sources):
+        files.append(tmp_path / f"{index}.{'tif' if index % 2 else 'png'}")
+        Image.open(source).convert("RGB").resize((24, 20)).save(files[-1])
+    model = model_class()("digits", run / "export")
+    model.load()
+    answer = asyncio.run(model.predict({"instances": [
+        {"b64": base64.b64encode(path.read_bytes()).decode()} for path in files]}))
+    expected = predict(run / "export", files, top=1)
+    assert [p["class_name"] for p in answer["predictions"]] == [
+        ranked[0][0] for _, ranked in expected]
+    assert [p["probabilities"][p["classes"]] for p in answer["predictions"]] == pytest.approx(
+        [ranked[0][1] for _, ranked in expected], abs=1e-5)

@@ -4,7 +4,9 @@ deploys as a KServe InferenceService, which scales out on Kubernetes.
 
     GET  /v1/models/NAME            {"name": NAME, "ready": true}
     POST /v1/models/NAME:predict    {"instances": [...], "signature_name": ...}
-         instances: {"b64": "<base64 of a JPEG/PNG/GIF/BMP/WebP file>"} each (serving_bytes), or
+         instances: {"b64": "<base64 of a JPEG/PNG/GIF/BMP/WebP file>"} each (serving_bytes;
+         a request with a TIFF, which TensorFlow cannot decode, is decoded by the training
+         loader's code and the model's preparation, then runs serving_default), or
          pixel arrays [H][W][3] (serving_default, uint8; serving_float with that name)
          -> {"predictions": [{"probabilities": [...], "classes": i, "class_name": "..."}]}
 
@@ -17,6 +19,7 @@ the server stops taking requests, finishes those in flight, and exits.
 import asyncio
 import base64
 import binascii
+import io
 import json
 import re
 import sys
@@ -26,9 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres.errors import tensorflow_reason
-from keras_fastres.serving.predict import find_saved_model, load_signatures
+from keras_fastres.serving.predict import exported_preparation, find_saved_model, load_signatures
 
 SIGNATURES = ("serving_default", "serving_float", "serving_bytes")
+TIFF = (b"II*\x00", b"MM\x00*")  # the two byte orders' magic
 
 
 def _kserve():
@@ -61,6 +65,9 @@ def model_class():
         def load(self):
             self.path = find_saved_model(self.export_dir)
             self.signatures = load_signatures(self.path)  # checked to be fastres-export's
+            size = self.signatures["serving_default"].structured_input_signature[1][
+                "images"].shape[1:3]
+            self.preparation = exported_preparation(self.path / "assets", tuple(size))
             self.ready = True
             return self.ready
 
@@ -100,6 +107,8 @@ def model_class():
                     files = [base64.b64decode(item["b64"], validate=True) for item in instances]
                 except (binascii.Error, ValueError, TypeError):
                     raise invalid("an instance's b64 is not base64 text") from None
+                if any(file[:4] in TIFF for file in files):
+                    return "serving_default", {"images": tf.constant(self.prepared(files))}
                 return name, {"image_bytes": tf.constant(files)}
             dtype = np.uint8 if name == "serving_default" else np.float32
             try:
@@ -111,6 +120,16 @@ def model_class():
                                       or np.any(pixels != np.round(pixels))):
                 raise invalid("serving_default takes whole pixel values 0-255")
             return name, {"images": tf.constant(pixels.astype(dtype))}
+
+        def prepared(self, files):
+            """uint8 images of encoded files, by the training loader's decoder (Pillow)."""
+            pixels = []
+            for index, file in enumerate(files):
+                try:
+                    pixels.append(self.preparation.prepare_file(io.BytesIO(file)))
+                except ValueError as error:
+                    raise invalid(f"image_bytes[{index}] cannot be read: {error}") from None
+            return np.stack(pixels)
 
     return FastResModel
 
