@@ -169,3 +169,47 @@ def test_a_tiff_is_answered_as_predict_answers_it(digits_run, tmp_path):
         ranked[0][0] for _, ranked in expected]
     assert [p["probabilities"][p["classes"]] for p in answer["predictions"]] == pytest.approx(
         [ranked[0][1] for _, ranked in expected], abs=1e-5)
+
+
+def test_onnx_int8_and_litert_bases_are_served_as_predict_answers_them(digits_run, tmp_path):
+    """fastres-serve on an ONNX base (float and int8) and a LiteRT base: for phone photos and
+    every format, as files and as pixels, the classes fastres-predict gives on those files."""
+    import asyncio
+    import base64
+
+    import numpy as np
+    from PIL import Image
+
+    from keras_fastres.models import load_model
+    from keras_fastres.serving.compact import export_compact
+    from keras_fastres.serving.export import export_onnx
+    from keras_fastres.serving.predict import predict
+    from keras_fastres.serving.server import model_class
+    from keras_fastres.training.run import run_data
+    root, run = digits_run
+    model = load_model(run)
+    export_onnx(model, tmp_path / "onnx", version=1)
+    export_compact(model, tmp_path / "int8", run_data(run), "onnx", "int8", version=1)
+    export_compact(model, tmp_path / "litert", None, "litert", version=1)
+    files = []
+    for index, source in enumerate(sorted((root / "test").rglob("*.png"))[:8]):
+        files.append(tmp_path / f"{index}.{('jpg', 'webp', 'tif', 'png')[index % 4]}")
+        image = Image.open(source).convert("RGB").resize((20, 28))
+        if index % 4 == 0:  # a phone's sideways JPEG, turned upright by its orientation
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            image.transpose(Image.Transpose.ROTATE_90).save(files[-1], quality=95, exif=exif)
+        else:
+            image.save(files[-1])
+    for base in ("onnx", "int8", "litert"):
+        served = model_class()(base, tmp_path / base)
+        served.load()
+        answer = asyncio.run(served.predict({"instances": [
+            {"b64": base64.b64encode(path.read_bytes()).decode()} for path in files]}))
+        expected = predict(tmp_path / base, files, top=1)
+        assert [p["class_name"] for p in answer["predictions"]] == [
+            ranked[0][0] for _, ranked in expected], base
+        pixels = np.stack([served.preparation.prepare_file(path) for path in files])
+        as_pixels = asyncio.run(served.predict({"instances": pixels.tolist()}))
+        assert [p["classes"] for p in as_pixels["predictions"]] == [
+            p["classes"] for p in answer["predictions"]], base

@@ -1,4 +1,4 @@
-"""fastres-serve: an exported SavedModel served over HTTP with TF Serving's REST API, on
+"""fastres-serve: an exported model (SavedModel, ONNX, LiteRT) served over HTTP with TF Serving's REST API, on
 KServe's Python model server (serving/server.py; `pip install "keras-fastres[serve]"`)."""
 
 import argparse
@@ -14,12 +14,15 @@ DEFAULT_PORT = 8501  # TF Serving's REST port
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog=program("keras_fastres.commands.serve"), formatter_class=HelpFormatter,
-        description="Serve an exported SavedModel (its newest version) over HTTP with TF "
+        description="Serve an exported model (its newest version: SavedModel, ONNX float or "
+                    "int8, LiteRT) over HTTP with TF "
                     "Serving's REST API: GET /v1/models/NAME, POST /v1/models/NAME:predict "
                     'with {"instances": [{"b64": ...}]} or pixel arrays. Ctrl-C or SIGTERM '
                     "stops it after the requests in flight.")
     parser.add_argument("export_dir", metavar="EXPORT_DIR",
-                        help="a SavedModel written by fastres-export, or its base of versions")
+                        help="a SavedModel, model.onnx or model.tflite written by "
+                             "fastres-export (or its version or base dir), a run's dir or a "
+                             ".keras file")
     parser.add_argument("--port", type=positive_integer, default=DEFAULT_PORT,
                         help="the HTTP port (default: TF Serving's 8501)")
     parser.add_argument("--model-name", default=None,

@@ -1,4 +1,4 @@
-"""An exported SavedModel served over HTTP with TF Serving's REST API (`fastres-serve`), on
+"""An exported model served over HTTP with TF Serving's REST API (`fastres-serve`), on
 KServe's Python model server, whose V1 protocol is that API: the same `FastResModel` class
 deploys as a KServe InferenceService, which scales out on Kubernetes.
 
@@ -9,6 +9,11 @@ deploys as a KServe InferenceService, which scales out on Kubernetes.
          loader's code and the model's preparation, then runs serving_default), or
          pixel arrays [H][W][3] (serving_default, uint8; serving_float with that name)
          -> {"predictions": [{"probabilities": [...], "classes": i, "class_name": "..."}]}
+
+Every export format is served: a SavedModel through its signatures; an ONNX (float or int8,
+onnxruntime) or LiteRT model, or a .keras file, through `fastres-predict`'s classifier, its
+images prepared by the training loader's code (EXIF, every Pillow format) and the model's
+preparation, with the same request and answer.
 
 A request the model cannot answer (bad base64, no image, a wrong shape, a pixel out of range)
 gets 400 with one line saying why, and the server goes on. Requests run in worker threads
@@ -29,7 +34,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastres.errors import tensorflow_reason
-from keras_fastres.serving.predict import exported_preparation, find_saved_model, load_signatures
+from keras_fastres.serving.predict import (
+    exported_preparation,
+    find_model,
+    load_signatures,
+    open_classifier,
+)
 
 SIGNATURES = ("serving_default", "serving_float", "serving_bytes")
 TIFF = (b"II*\x00", b"MM\x00*")  # the two byte orders' magic
@@ -55,15 +65,24 @@ def model_class():
     invalid = kserve.errors.InvalidInput
 
     class FastResModel(kserve.Model):
-        """A fastres-export SavedModel (a version, or the newest of a base) as a KServe model."""
+        """A model the package exports (a version, or the newest of a base: SavedModel, ONNX,
+        LiteRT; or a .keras file) as a KServe model."""
 
         def __init__(self, name, export_dir):
             super().__init__(name)
             self.export_dir = export_dir
             self.signatures: dict[str, Any] = {}  # until load()
+            self.classifier: Any = None  # a model other than a SavedModel
 
         def load(self):
-            self.path = find_saved_model(self.export_dir)
+            kind, self.path = find_model(self.export_dir)
+            if kind != "saved_model":
+                self.classifier = open_classifier(self.path)
+                self.preparation = self.classifier.preparation
+                # Its images come as pixels or as files prepared here: the two ways in.
+                self.signatures = dict.fromkeys(("serving_default", "serving_bytes"))
+                self.ready = True
+                return self.ready
             self.signatures = load_signatures(self.path)  # checked to be fastres-export's
             size = self.signatures["serving_default"].structured_input_signature[1][
                 "images"].shape[1:3]
@@ -73,6 +92,8 @@ def model_class():
 
         async def predict(self, payload, headers=None):
             signature, inputs = self.inputs(payload)
+            if self.classifier is not None:
+                return await self.classified(signature, inputs)
             try:
                 outputs = await asyncio.to_thread(self.signatures[signature], **inputs)
             except tf.errors.InvalidArgumentError as error:
@@ -121,6 +142,25 @@ def model_class():
                 raise invalid("serving_default takes whole pixel values 0-255")
             return name, {"images": tf.constant(pixels.astype(dtype))}
 
+        async def classified(self, signature, inputs):
+            """The answer of a model other than a SavedModel, as a SavedModel's reads."""
+            if signature == "serving_bytes":
+                images = self.prepared(list(inputs["image_bytes"].numpy()))
+            else:
+                images = inputs["images"].numpy()
+                height, width = self.preparation.image_size
+                if images.ndim != 4 or images.shape[1:] != (height, width, 3):
+                    raise invalid(f"images must have shape [batch, {height}, {width}, 3]; got "
+                                  f"{list(images.shape)}")
+            probabilities = np.asarray(await asyncio.to_thread(
+                self.classifier.probabilities, images.astype(np.uint8)), np.float32)
+            classes = probabilities.argmax(axis=1)
+            names = self.classifier.names(probabilities.shape[1])
+            return {"predictions": [
+                {"classes": int(c), "probabilities": row.tolist(),
+                 **({"class_name": names[c]} if names else {})}
+                for c, row in zip(classes, probabilities)]}
+
         def prepared(self, files):
             """uint8 images of encoded files, by the training loader's decoder (Pillow)."""
             pixels = []
@@ -151,7 +191,7 @@ def _plain(value):
 
 
 def serve(export_dir, port=8501, model_name=None):
-    """Serves the SavedModel of `export_dir` (its newest version) until SIGTERM or Ctrl-C."""
+    """Serves the model of `export_dir` (its newest version) until SIGTERM or Ctrl-C."""
     kserve = _kserve()
     model = model_class()(model_name, export_dir)
     model.load()
