@@ -2,10 +2,12 @@
 KServe's Python model server (serving/server.py; `pip install "keras-fastres[serve]"`)."""
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from keras_fastres.commands.output import run_command
+from keras_fastres.errors import Terminated
 from keras_fastres.utils.console import HelpFormatter, positive_integer, program
 
 DEFAULT_PORT = 8501  # TF Serving's REST port
@@ -25,6 +27,9 @@ def main(argv=None):
                              ".keras file")
     parser.add_argument("--port", type=positive_integer, default=DEFAULT_PORT,
                         help="the HTTP port (default: TF Serving's 8501)")
+    parser.add_argument("--grace", type=positive_integer, default=30, metavar="SECONDS",
+                        help="after SIGTERM or Ctrl-C, how long the requests in flight may "
+                             "take to finish (Kubernetes' termination grace)")
     parser.add_argument("--model-name", default=None,
                         help="the NAME in the URLs (default: the export folder's name)")
     args = parser.parse_args(argv)
@@ -37,9 +42,14 @@ def main(argv=None):
         from keras_fastres.serving.server import serve as start
         print(f"Serving {root} as {name!r}: http://localhost:{args.port}/v1/models/{name} "
               f"(TF Serving's REST API); Ctrl-C to stop.", flush=True)
-        start(root, args.port, name)
-        print("Stopped.")
-    return run_command(serve)
+        stopped_by = start(root, args.port, name, args.grace)
+        print("Stopped.", flush=True)
+        # The exit status says what stopped it, as every command's does (143, 130).
+        if stopped_by == signal.SIGTERM:
+            raise Terminated
+        if stopped_by == signal.SIGINT:
+            raise KeyboardInterrupt
+    return run_command(serve, stopped_hint="It stopped after the requests in flight.")
 
 
 if __name__ == "__main__":

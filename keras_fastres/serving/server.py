@@ -190,10 +190,24 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def serve(export_dir, port=8501, model_name=None):
-    """Serves the model of `export_dir` (its newest version) until SIGTERM or Ctrl-C."""
+GRACE = 30  # seconds: Kubernetes' default termination grace period
+
+
+def serve(export_dir, port=8501, model_name=None, grace=GRACE):
+    """Serves the model of `export_dir` (its newest version) until SIGTERM or Ctrl-C, then
+    finishes the requests in flight for up to `grace` seconds; returns the signal that stopped
+    it."""
     kserve = _kserve()
     model = model_class()(model_name, export_dir)
     model.load()
-    kserve.ModelServer(http_port=port, enable_grpc=False, workers=1,
-                       enable_latency_logging=False, grace_period=5).start([model])
+    server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1,
+                                enable_latency_logging=False, grace_period=grace)
+    received = []
+    stop = server.stop
+
+    def stop_and_remember(sig):  # KServe's own handler calls server.stop(sig)
+        received.append(sig)
+        stop(sig)
+    server.stop = stop_and_remember
+    server.start([model])
+    return received[0] if received else None
