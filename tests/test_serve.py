@@ -131,6 +131,9 @@ def test_it_answers_like_predict_refuses_bad_requests_and_stops_on_sigterm(digit
     assert time.monotonic() - start < 10 and process.returncode == 143, output[-2000:]
     assert output.startswith("Serving ") and output.rstrip().endswith(
         "Stopped.\n\nTerminated (SIGTERM). It stopped after the requests in flight.")
+    # One line per request, the refused ones too; no traceback, no warning.
+    assert len([line for line in output.splitlines() if "digits:predict" in line]) == 210
+    assert "Traceback" not in output and "Warning" not in output, output[-3000:]
 
 
 def test_a_folder_without_a_savedmodel_is_one_line(tmp_path, capsys):

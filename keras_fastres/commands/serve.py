@@ -4,6 +4,7 @@ KServe's Python model server (serving/server.py; `pip install "keras-fastres[ser
 import argparse
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from keras_fastres.commands.output import run_command
@@ -40,6 +41,8 @@ def main(argv=None):
 
     def serve():
         from keras_fastres.serving.server import serve as start
+        # KServe's own use of a FastAPI response class FastAPI deprecates: nothing a user can do.
+        warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
         print(f"Serving {root} as {name!r}: http://localhost:{args.port}/v1/models/{name} "
               f"(TF Serving's REST API); Ctrl-C to stop.", flush=True)
         stopped_by = start(root, args.port, name, args.grace)

@@ -26,6 +26,7 @@ import base64
 import binascii
 import io
 import json
+import logging
 import re
 import sys
 from typing import Any
@@ -190,6 +191,12 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def _no_client_errors(record):
+    """False for KServe's log record of a request it refused (400), which carries a traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, _kserve().errors.InvalidInput)
+
+
 GRACE = 30  # seconds: Kubernetes' default termination grace period
 
 
@@ -202,6 +209,13 @@ def serve(export_dir, port=8501, model_name=None, grace=GRACE):
     model.load()
     server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1,
                                 enable_latency_logging=False, grace_period=grace)
+    # KServe configures the process's loggers as its server is made (above). One line per
+    # request: KServe's wall-time line (path, status, method, seconds), not also uvicorn's
+    # access line and the CPU-time line; a refused request is that line's 400 and the client's
+    # one-line reason, not a logged traceback.
+    logging.getLogger("kserve").addFilter(_no_client_errors)
+    logging.getLogger("uvicorn.access").addFilter(lambda record: False)
+    logging.getLogger("kserve.trace").addFilter(lambda record: "time:wall" in record.getMessage())
     received = []
     stop = server.stop
 
