@@ -261,3 +261,44 @@ def test_a_long_request_in_flight_at_sigterm_is_answered_within_the_grace(tmp_pa
         assert at > signalled, "answered before SIGTERM: the request was not in flight"
         assert status == 200 and len(answer["predictions"]) == 2000
         assert process.returncode == 143 and time.monotonic() - signalled < 60 + 5
+
+
+def test_a_new_version_is_served_without_a_restart_and_a_damaged_one_is_not(digits_run, tmp_path,
+                                                                            caplog):
+    """Version 2, written into the served base as fastres-export writes it, answers within
+    10 s; a damaged version 3 is logged in one line and version 2 goes on answering."""
+    import asyncio
+    import logging
+    import shutil
+
+    from keras_fastres import FastResNet
+    from keras_fastres.serving.export import export_saved_model
+    from keras_fastres.serving.server import model_class
+    root, run = digits_run
+    shutil.copytree(run / "export", tmp_path / "base")
+    served = model_class()("digits", tmp_path / "base", poll=0.2)
+    served.load()
+    photo = sorted((root / "test").rglob("*.png"))[0]
+    body = {"instances": [encoded(photo)]}
+
+    def answer():
+        return asyncio.run(served.predict(body))["predictions"][0]["class_name"]
+    try:
+        assert answer() in {"zero", "one", "two", "three", "four", "five", "six", "seven",
+                            "eight", "nine"}
+        other = FastResNet(8, num_classes=2, input_shape=(16, 16, 3), class_names=["a", "b"],
+                           normalization=None)
+        export_saved_model(other, tmp_path / "base", version=2)
+        deadline = time.monotonic() + 10
+        while answer() not in ("a", "b"):
+            assert time.monotonic() < deadline, "version 2 not served within 10 s"
+            time.sleep(0.1)
+        (tmp_path / "base" / "3").mkdir()
+        (tmp_path / "base" / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+        with caplog.at_level(logging.WARNING, "keras_fastres"):
+            time.sleep(1.5)
+        assert answer() in ("a", "b")
+        refused = [r.getMessage() for r in caplog.records if "Not serving" in r.getMessage()]
+        assert len(refused) == 1 and "/base/3" in refused[0] and "\n" not in refused[0]
+    finally:
+        served.stop()

@@ -31,6 +31,9 @@ def main(argv=None):
     parser.add_argument("--grace", type=positive_integer, default=30, metavar="SECONDS",
                         help="after SIGTERM or Ctrl-C, how long the requests in flight may "
                              "take to finish (Kubernetes' termination grace)")
+    parser.add_argument("--poll", type=positive_integer, default=2, metavar="SECONDS",
+                        help="how often the base is looked at for a new version, which is "
+                             "then served without a restart")
     parser.add_argument("--model-name", default=None,
                         help="the NAME in the URLs (default: the export folder's name)")
     args = parser.parse_args(argv)
@@ -45,7 +48,7 @@ def main(argv=None):
         warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
         print(f"Serving {root} as {name!r}: http://localhost:{args.port}/v1/models/{name} "
               f"(TF Serving's REST API); Ctrl-C to stop.", flush=True)
-        stopped_by = start(root, args.port, name, args.grace)
+        stopped_by = start(root, args.port, name, args.grace, args.poll)
         print("Stopped.", flush=True)
         # The exit status says what stopped it, as every command's does (143, 130).
         if stopped_by == signal.SIGTERM:

@@ -29,18 +29,23 @@ import json
 import logging
 import re
 import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from keras_fastres.errors import tensorflow_reason
+from keras_fastres.errors import summary, tensorflow_reason
 from keras_fastres.serving.predict import (
     exported_preparation,
     find_model,
     load_signatures,
     open_classifier,
 )
+
+log = logging.getLogger(__name__)
 
 SIGNATURES = ("serving_default", "serving_float", "serving_bytes")
 TIFF = (b"II*\x00", b"MM\x00*")  # the two byte orders' magic
@@ -60,6 +65,30 @@ def _kserve():
     return kserve
 
 
+@dataclass(frozen=True)
+class Served:
+    """One loaded version: its path, and either a SavedModel's signatures or a classifier (ONNX,
+    LiteRT, Keras), with its image preparation."""
+
+    path: Path
+    signatures: dict
+    classifier: Any
+    preparation: Any
+
+
+def open_served(export_dir) -> Served:
+    """The newest version of `export_dir`, loaded (see `predict.find_model`)."""
+    kind, path = find_model(export_dir)
+    if kind != "saved_model":
+        classifier = open_classifier(path)
+        # Its images come as pixels or as files prepared here: the two ways in.
+        return Served(path, dict.fromkeys(("serving_default", "serving_bytes")), classifier,
+                      classifier.preparation)
+    signatures = load_signatures(path)  # checked to be fastres-export's
+    size = signatures["serving_default"].structured_input_signature[1]["images"].shape[1:3]
+    return Served(path, signatures, None, exported_preparation(path / "assets", tuple(size)))
+
+
 def model_class():
     """FastResModel, a kserve.Model (defined on first use: KServe is an optional extra)."""
     kserve: Any = _kserve()
@@ -67,36 +96,58 @@ def model_class():
 
     class FastResModel(kserve.Model):
         """A model the package exports (a version, or the newest of a base: SavedModel, ONNX,
-        LiteRT; or a .keras file) as a KServe model."""
+        LiteRT; or a .keras file) as a KServe model. Every `poll` seconds (None: never) the
+        base is looked at again, and a newer complete version is loaded and then served; a
+        version that cannot be loaded is logged in one line and the one served stays."""
 
-        def __init__(self, name, export_dir):
+        def __init__(self, name, export_dir, poll=None):
             super().__init__(name)
-            self.export_dir = export_dir
-            self.signatures: dict[str, Any] = {}  # until load()
-            self.classifier: Any = None  # a model other than a SavedModel
+            self.export_dir, self.poll = export_dir, poll
+            self.served: Served | None = None  # until load()
+            self._stop = threading.Event()
+
+        @property
+        def preparation(self):
+            assert self.served is not None
+            return self.served.preparation
 
         def load(self):
-            kind, self.path = find_model(self.export_dir)
-            if kind != "saved_model":
-                self.classifier = open_classifier(self.path)
-                self.preparation = self.classifier.preparation
-                # Its images come as pixels or as files prepared here: the two ways in.
-                self.signatures = dict.fromkeys(("serving_default", "serving_bytes"))
-                self.ready = True
-                return self.ready
-            self.signatures = load_signatures(self.path)  # checked to be fastres-export's
-            size = self.signatures["serving_default"].structured_input_signature[1][
-                "images"].shape[1:3]
-            self.preparation = exported_preparation(self.path / "assets", tuple(size))
+            self.served = open_served(self.export_dir)
             self.ready = True
+            if self.poll:
+                threading.Thread(target=self._watch, daemon=True,
+                                 name="fastres-versions").start()
             return self.ready
 
+        def stop(self):
+            self._stop.set()
+
+        def _watch(self):
+            refused = None
+            while not self._stop.wait(self.poll):
+                try:
+                    _, newest = find_model(self.export_dir)
+                except ValueError:  # the base emptied: keep serving what is loaded
+                    continue
+                assert self.served is not None
+                if newest in (self.served.path, refused):
+                    continue
+                try:
+                    self.served = open_served(newest)  # one assignment: requests see either
+                    log.info("Serving %s", newest)
+                except Exception as error:  # a damaged version fails in many ways
+                    refused = newest
+                    log.warning("Not serving %s: %s; still serving %s", newest,
+                                summary(error)[:200], self.served.path)
+
         async def predict(self, payload, headers=None):
-            signature, inputs = self.inputs(payload)
-            if self.classifier is not None:
-                return await self.classified(signature, inputs)
+            served = self.served
+            assert served is not None
+            signature, inputs = self.inputs(payload, served)
+            if served.classifier is not None:
+                return await self.classified(signature, inputs, served)
             try:
-                outputs = await asyncio.to_thread(self.signatures[signature], **inputs)
+                outputs = await asyncio.to_thread(served.signatures[signature], **inputs)
             except tf.errors.InvalidArgumentError as error:
                 raise invalid(_reason(error)) from None
             names = sorted(outputs)
@@ -104,7 +155,7 @@ def model_class():
             return {"predictions": [{name: _plain(values[name][i]) for name in names}
                                     for i in range(len(values[names[0]]))]}
 
-        def inputs(self, payload):
+        def inputs(self, payload, served):
             """(signature name, its keyword inputs) of a V1 request, or InvalidInput."""
             if isinstance(payload, (bytes, str)):  # a body sent without a JSON content type
                 try:                               # (curl -d): TF Serving reads it as JSON too
@@ -119,7 +170,7 @@ def model_class():
             encoded = [isinstance(item, dict) and set(item) == {"b64"} for item in instances]
             name = payload.get("signature_name") or (
                 "serving_bytes" if all(encoded) else "serving_default")
-            if name not in self.signatures:
+            if name not in served.signatures:
                 raise invalid(f"signature_name {name!r} is not one of {SIGNATURES}")
             if name == "serving_bytes":
                 if not all(encoded):
@@ -130,7 +181,8 @@ def model_class():
                 except (binascii.Error, ValueError, TypeError):
                     raise invalid("an instance's b64 is not base64 text") from None
                 if any(file[:4] in TIFF for file in files):
-                    return "serving_default", {"images": tf.constant(self.prepared(files))}
+                    return "serving_default", {"images": tf.constant(
+                        self.prepared(files, served))}
                 return name, {"image_bytes": tf.constant(files)}
             dtype = np.uint8 if name == "serving_default" else np.float32
             try:
@@ -143,31 +195,31 @@ def model_class():
                 raise invalid("serving_default takes whole pixel values 0-255")
             return name, {"images": tf.constant(pixels.astype(dtype))}
 
-        async def classified(self, signature, inputs):
+        async def classified(self, signature, inputs, served):
             """The answer of a model other than a SavedModel, as a SavedModel's reads."""
             if signature == "serving_bytes":
-                images = self.prepared(list(inputs["image_bytes"].numpy()))
+                images = self.prepared(list(inputs["image_bytes"].numpy()), served)
             else:
                 images = inputs["images"].numpy()
-                height, width = self.preparation.image_size
+                height, width = served.preparation.image_size
                 if images.ndim != 4 or images.shape[1:] != (height, width, 3):
                     raise invalid(f"images must have shape [batch, {height}, {width}, 3]; got "
                                   f"{list(images.shape)}")
             probabilities = np.asarray(await asyncio.to_thread(
-                self.classifier.probabilities, images.astype(np.uint8)), np.float32)
+                served.classifier.probabilities, images.astype(np.uint8)), np.float32)
             classes = probabilities.argmax(axis=1)
-            names = self.classifier.names(probabilities.shape[1])
+            names = served.classifier.names(probabilities.shape[1])
             return {"predictions": [
                 {"classes": int(c), "probabilities": row.tolist(),
                  **({"class_name": names[c]} if names else {})}
                 for c, row in zip(classes, probabilities)]}
 
-        def prepared(self, files):
+        def prepared(self, files, served):
             """uint8 images of encoded files, by the training loader's decoder (Pillow)."""
             pixels = []
             for index, file in enumerate(files):
                 try:
-                    pixels.append(self.preparation.prepare_file(io.BytesIO(file)))
+                    pixels.append(served.preparation.prepare_file(io.BytesIO(file)))
                 except ValueError as error:
                     raise invalid(f"image_bytes[{index}] cannot be read: {error}") from None
             return np.stack(pixels)
@@ -200,12 +252,15 @@ def _no_client_errors(record):
 GRACE = 30  # seconds: Kubernetes' default termination grace period
 
 
-def serve(export_dir, port=8501, model_name=None, grace=GRACE):
-    """Serves the model of `export_dir` (its newest version) until SIGTERM or Ctrl-C, then
-    finishes the requests in flight for up to `grace` seconds; returns the signal that stopped
-    it."""
+POLL = 2  # seconds between looks at the base for a new version
+
+
+def serve(export_dir, port=8501, model_name=None, grace=GRACE, poll=POLL):
+    """Serves the model of `export_dir` (its newest version, and each newer one that appears
+    complete in it, looked for every `poll` seconds) until SIGTERM or Ctrl-C, then finishes the
+    requests in flight for up to `grace` seconds; returns the signal that stopped it."""
     kserve = _kserve()
-    model = model_class()(model_name, export_dir)
+    model = model_class()(model_name, export_dir, poll)
     model.load()
     server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1,
                                 enable_latency_logging=False, grace_period=grace)
