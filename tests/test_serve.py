@@ -42,7 +42,7 @@ def server(digits_run, tmp_path):
     """fastres-serve on the digits run's export: (base URL of the model, the process, its
     output file)."""
     _, run = digits_run
-    with serving(run / "export", tmp_path) as started:
+    with serving(run / "export", tmp_path, "--host", "127.0.0.1") as started:
         yield started
 
 
@@ -84,6 +84,12 @@ def encoded(path):
 def test_it_answers_like_predict_refuses_bad_requests_and_stops_on_sigterm(digits_run, server):
     root, run = digits_run
     url, process, log = server
+    port = int(url.split(":")[2].split("/")[0])
+    # --host 127.0.0.1: listening on this machine's loopback address only.
+    listening = [line.split()[1] for line in open("/proc/net/tcp").read().splitlines()[1:]
+                 if line.split()[3] == "0A"]  # LISTEN
+    assert f"0100007F:{port:04X}" in listening and f"00000000:{port:04X}" not in listening
+    assert f"on 127.0.0.1:{port}: http://127.0.0.1:{port}/v1/models/digits" in log.read_text()
     files = sorted((root / "test" / "three").glob("*.*"))[:2] + sorted(
         (root / "test" / "eight").glob("*.*"))[:2]
     status, answer = call(url + ":predict", {"instances": [encoded(f) for f in files]})

@@ -26,6 +26,9 @@ def main(argv=None):
                         help="a SavedModel, model.onnx or model.tflite written by "
                              "fastres-export (or its version or base dir), a run's dir or a "
                              ".keras file")
+    parser.add_argument("--host", default="0.0.0.0",
+                        help="the address to listen on: 0.0.0.0 every interface (as TF Serving "
+                             "and a container need), 127.0.0.1 this machine only")
     parser.add_argument("--port", type=positive_integer, default=DEFAULT_PORT,
                         help="the HTTP port (default: TF Serving's 8501)")
     parser.add_argument("--grace", type=positive_integer, default=30, metavar="SECONDS",
@@ -46,9 +49,11 @@ def main(argv=None):
         from keras_fastres.serving.server import serve as start
         # KServe's own use of a FastAPI response class FastAPI deprecates: nothing a user can do.
         warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
-        print(f"Serving {root} as {name!r}: http://localhost:{args.port}/v1/models/{name} "
-              f"(TF Serving's REST API); Ctrl-C to stop.", flush=True)
-        stopped_by = start(root, args.port, name, args.grace, args.poll)
+        shown = "localhost" if args.host == "0.0.0.0" else args.host
+        print(f"Serving {root} as {name!r} on {args.host}:{args.port}: "
+              f"http://{shown}:{args.port}/v1/models/{name} (TF Serving's REST API); Ctrl-C "
+              f"to stop.", flush=True)
+        stopped_by = start(root, args.port, name, args.grace, args.poll, args.host)
         print("Stopped.", flush=True)
         # The exit status says what stopped it, as every command's does (143, 130).
         if stopped_by == signal.SIGTERM:

@@ -255,10 +255,11 @@ GRACE = 30  # seconds: Kubernetes' default termination grace period
 POLL = 2  # seconds between looks at the base for a new version
 
 
-def serve(export_dir, port=8501, model_name=None, grace=GRACE, poll=POLL):
+def serve(export_dir, port=8501, model_name=None, grace=GRACE, poll=POLL, host="0.0.0.0"):
     """Serves the model of `export_dir` (its newest version, and each newer one that appears
-    complete in it, looked for every `poll` seconds) until SIGTERM or Ctrl-C, then finishes the
-    requests in flight for up to `grace` seconds; returns the signal that stopped it."""
+    complete in it, looked for every `poll` seconds) on `host`:`port` until SIGTERM or Ctrl-C,
+    then finishes the requests in flight for up to `grace` seconds; returns the signal that
+    stopped it."""
     kserve = _kserve()
     model = model_class()(model_name, export_dir, poll)
     model.load()
@@ -278,5 +279,13 @@ def serve(export_dir, port=8501, model_name=None, grace=GRACE, poll=POLL):
         received.append(sig)
         stop(sig)
     server.stop = stop_and_remember
+    # KServe binds its REST server to 0.0.0.0 and takes no host; its uvicorn configuration is
+    # read when the server starts, after the signal handlers are set: the host is set there.
+    register = server.register_signal_handler
+
+    def register_and_bind():
+        server._rest_server.config.host = host
+        register()
+    server.register_signal_handler = register_and_bind
     server.start([model])
     return received[0] if received else None
