@@ -149,21 +149,19 @@ def test_a_folder_without_a_savedmodel_is_one_line(tmp_path, capsys):
     assert error.startswith(f"error: No model in {tmp_path}") and error.count("\n") == 1, error
 
 
-def test_the_serve_benchmark_counts_what_it_sent(tmp_path, capsys):
-    """Few requests: every request sent is answered and counted, not a speed (the README's
-    numbers come from `fastres-benchmark serve`)."""
-    from keras_fastres.commands.benchmark import main
-    assert main(["serve", "--rounds", "2", "--json", str(tmp_path / "serve.json")]) == 0
-    report = json.loads((tmp_path / "serve.json").read_text())
-    one, eight = report["results"]
-    assert (one["clients"], eight["clients"]) == (1, 8)
-    assert (one["requests"], eight["requests"]) == (2 * 25, 2 * 8 * 25)
-    for result in (one, eight):
+def test_the_serve_benchmark_counts_what_it_sent():
+    """Few requests: every request sent is answered and counted, for each server (batching on
+    and off) and load, not a speed (the README's numbers come from `fastres-benchmark serve`)."""
+    from keras_fastres.benchmarks.serve import run_serve_benchmark
+    report = run_serve_benchmark(depth=8, rounds=2, requests_per_client=3)
+    assert [(r["batching"], r["clients"]) for r in report["results"]] == [
+        ("on", 1), ("off", 1), ("on", 8), ("off", 8), ("on", 32), ("off", 32)]
+    for result in report["results"]:
+        assert result["requests"] == 2 * 3 * result["clients"]
         assert len(result["requests_per_second_per_round"]) == 2
         assert result["requests_per_second"] == pytest.approx(
             sum(result["requests_per_second_per_round"]) / 2)  # the median of two
         assert 0 < result["latency_ms_p50"] <= result["latency_ms_p99"]
-    assert "requests/s" in capsys.readouterr().out
 
 
 def test_a_tiff_is_answered_as_predict_answers_it(digits_run, tmp_path):
@@ -308,3 +306,42 @@ def test_a_new_version_is_served_without_a_restart_and_a_damaged_one_is_not(digi
         assert len(refused) == 1 and "/base/3" in refused[0] and "\n" not in refused[0]
     finally:
         served.stop()
+
+
+def test_concurrent_requests_share_a_call_and_keep_their_own_answers(digits_run):
+    """Twelve requests at once (one of them damaged) with batching on: the good ones answered
+    as each alone is, in their order, from fewer model calls; the damaged one refused alone."""
+    import asyncio
+
+    from keras_fastres.serving.server import model_class
+    root, run = digits_run
+    files = sorted((root / "test").rglob("*.png"))[:11]
+    alone = model_class()("digits", run / "export")
+    alone.load()
+    batching = model_class()("digits", run / "export", max_batch=64, batch_wait=0.05)
+    batching.load()
+    calls = []
+    run_once = batching.run
+
+    def counted(*args):
+        calls.append(1)
+        return run_once(*args)
+    batching.run = counted
+    bodies = [{"instances": [encoded(path)] * (1 + index % 3)} for index, path in enumerate(files)]
+    bodies.insert(5, {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]})
+
+    async def together(model):
+        return await asyncio.gather(*(model.predict(body) for body in bodies),
+                                    return_exceptions=True)
+    shared, single = asyncio.run(together(batching)), asyncio.run(together(alone))
+    assert isinstance(shared[5], ValueError) and "image_bytes[0] is not a" in str(shared[5])
+    for one, other in zip(shared[:5] + shared[6:], single[:5] + single[6:]):
+        assert [p["class_name"] for p in one["predictions"]] == [
+            p["class_name"] for p in other["predictions"]]
+        assert np.allclose([p["probabilities"] for p in one["predictions"]],
+                           [p["probabilities"] for p in other["predictions"]], atol=1e-5)
+    assert len(calls) == 1 + len(bodies)  # the shared call failed: then each on its own
+    del calls[:], bodies[5]
+    again = asyncio.run(together(batching))
+    assert len(calls) == 1 and [a["predictions"] for a in again] == [
+        s["predictions"] for s in shared[:5] + shared[6:]]  # 11 requests, 22 images, one call

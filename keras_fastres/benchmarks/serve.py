@@ -1,7 +1,8 @@
 """Requests/s and latency of `fastres-serve` (`fastres-benchmark serve`): a FastResNet's
 SavedModel (random weights: speed does not depend on them) served on a free local port by the
-command itself, in a process of its own, and asked for one base64 PNG per request by 1 and by 8
-concurrent clients, the two loads interleaved round by round."""
+command itself, twice (batching on and off), each in a process of its own, and asked for one
+base64 PNG per request by 1, 8 and 32 concurrent clients, every load interleaved round by
+round."""
 
 import base64
 import io
@@ -26,7 +27,7 @@ from keras_fastres.serving.export import export_saved_model
 from keras_fastres.utils.console import check_positive_integers
 from keras_fastres.utils.machine import describe_device
 
-CONCURRENCY = (1, 8)
+CONCURRENCY = (1, 8, 32)
 
 
 def _free_port():
@@ -71,9 +72,10 @@ def _load(url, body, clients, requests_per_client):
 
 def run_serve_benchmark(depth=20, variant="type1", rounds=5, requests_per_client=25,
                         progress=None):
-    """Starts fastres-serve on a new export and times it under 1 and 8 clients, `rounds`
-    rounds each (interleaved); returns the report (requests/s: median of rounds; latency
-    percentiles over every request)."""
+    """Starts fastres-serve twice on a new export, batching on (its defaults) and off
+    (--max-batch 1), and times each under 1, 8 and 32 clients, `rounds` rounds (all
+    interleaved); returns the report (requests/s: median of rounds; latency percentiles over
+    every request)."""
     check_positive_integers(depth=depth, rounds=rounds, requests_per_client=requests_per_client)
     progress = progress or (lambda message: None)
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -81,42 +83,50 @@ def run_serve_benchmark(depth=20, variant="type1", rounds=5, requests_per_client
     from PIL import Image
     Image.fromarray(pixels).save(png, format="PNG")
     body = json.dumps({"instances": [{"b64": base64.b64encode(png.getvalue()).decode()}]})
+    modes = {"on": [], "off": ["--max-batch", "1"]}
     with tempfile.TemporaryDirectory(prefix="fastres-serve-") as folder:
-        progress(f"exporting ResNet-{depth} {variant} and starting fastres-serve")
+        progress(f"exporting ResNet-{depth} {variant} and starting fastres-serve twice")
         export_saved_model(models.FastResNet(depth, variant), Path(folder) / "model")
-        port = _free_port()
-        log = open(Path(folder) / "server.log", "w")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "keras_fastres.commands.serve", str(Path(folder) / "model"),
-             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        url = f"http://127.0.0.1:{port}/v1/models/model"
+        servers, urls, logs = {}, {}, {}
         try:
-            _wait_until_ready(url, server, Path(folder) / "server.log")
-            _load(url + ":predict", body.encode(), 1, 3)  # warm up
-            per_round: dict[int, list[float]] = {clients: [] for clients in CONCURRENCY}
-            latencies: dict[int, list[float]] = {clients: [] for clients in CONCURRENCY}
+            for mode, options in modes.items():
+                port = _free_port()
+                logs[mode] = open(Path(folder) / f"server-{mode}.log", "w")
+                servers[mode] = subprocess.Popen(
+                    [sys.executable, "-m", "keras_fastres.commands.serve",
+                     str(Path(folder) / "model"), "--port", str(port), "--host", "127.0.0.1",
+                     *options], stdout=logs[mode], stderr=subprocess.STDOUT,
+                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                urls[mode] = f"http://127.0.0.1:{port}/v1/models/model"
+            for mode in modes:
+                _wait_until_ready(urls[mode], servers[mode], Path(folder) / f"server-{mode}.log")
+                _load(urls[mode] + ":predict", body.encode(), 1, 3)  # warm up
+            keys = [(mode, clients) for clients in CONCURRENCY for mode in modes]
+            per_round: dict[tuple, list[float]] = {key: [] for key in keys}
+            latencies: dict[tuple, list[float]] = {key: [] for key in keys}
             for round_index in range(1, rounds + 1):
                 progress(f"round {round_index}/{rounds}")
-                for clients in CONCURRENCY:
-                    speed, times = _load(url + ":predict", body.encode(), clients,
+                for mode, clients in keys:
+                    speed, times = _load(urls[mode] + ":predict", body.encode(), clients,
                                          requests_per_client)
-                    per_round[clients].append(speed)
-                    latencies[clients] += times
+                    per_round[(mode, clients)].append(speed)
+                    latencies[(mode, clients)] += times
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-            log.close()
-    results = [{"depth": depth, "variant": variant, "clients": clients,
-                "requests": len(latencies[clients]),  # answered, as counted
-                "requests_per_second": statistics.median(per_round[clients]),
-                "requests_per_second_per_round": per_round[clients],
-                "latency_ms_p50": float(np.percentile(latencies[clients], 50)),
-                "latency_ms_p99": float(np.percentile(latencies[clients], 99))}
-               for clients in CONCURRENCY]
+            for server in servers.values():
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+            for log in logs.values():
+                log.close()
+    results = [{"depth": depth, "variant": variant, "batching": mode, "clients": clients,
+                "requests": len(latencies[(mode, clients)]),  # answered, as counted
+                "requests_per_second": statistics.median(per_round[(mode, clients)]),
+                "requests_per_second_per_round": per_round[(mode, clients)],
+                "latency_ms_p50": float(np.percentile(latencies[(mode, clients)], 50)),
+                "latency_ms_p99": float(np.percentile(latencies[(mode, clients)], 99))}
+               for mode, clients in keys]
     return {"kind": "serve", "device": describe_device(), "rounds": rounds, "results": results}
 
 
@@ -138,7 +148,8 @@ def _request_get(url):
         return answer.status
 
 
-COLUMNS = (("depth", "depth", "{}"), ("variant", "variant", "{}"), ("clients", "clients", "{}"),
+COLUMNS = (("depth", "depth", "{}"), ("variant", "variant", "{}"),
+           ("batching", "batching", "{}"), ("clients", "clients", "{}"),
            ("requests", "requests", "{:,}"), ("requests/s", "requests_per_second", "{:.0f}"),
            ("p50 ms", "latency_ms_p50", "{:.1f}"), ("p99 ms", "latency_ms_p99", "{:.1f}"))
 

@@ -191,7 +191,8 @@ def benchmark(args):
               f"and data placement on this device.", file=sys.stderr)
         report = accelerator.run_report(args.quick, progress=print_progress)
     elif args.subcommand == "serve":
-        print(f"Benchmarking fastres-serve: 1 and 8 clients, {args.rounds} rounds.",
+        print(f"Benchmarking fastres-serve: batching on and off, 1, 8 and 32 clients, "
+              f"{args.rounds} rounds.",
               file=sys.stderr)
         report = serve.run_serve_benchmark(rounds=args.rounds, progress=print_progress)
     elif args.subcommand == "loader":

@@ -9,7 +9,12 @@ from pathlib import Path
 
 from keras_fastres.commands.output import run_command
 from keras_fastres.errors import Terminated
-from keras_fastres.utils.console import HelpFormatter, positive_integer, program
+from keras_fastres.utils.console import (
+    HelpFormatter,
+    non_negative_integer,
+    positive_integer,
+    program,
+)
 
 DEFAULT_PORT = 8501  # TF Serving's REST port
 
@@ -37,6 +42,13 @@ def main(argv=None):
     parser.add_argument("--poll", type=positive_integer, default=2, metavar="SECONDS",
                         help="how often the base is looked at for a new version, which is "
                              "then served without a restart")
+    parser.add_argument("--max-batch", type=positive_integer, default=64, metavar="IMAGES",
+                        help="concurrent requests to a SavedModel share one model call of up "
+                             "to this many images; 1 turns batching off")
+    parser.add_argument("--batch-wait-ms", type=non_negative_integer, default=0, metavar="MS",
+                        help="how long a request that finds no call running waits for others "
+                             "to share its call (those that come while a call runs share the "
+                             "next one anyway)")
     parser.add_argument("--model-name", default=None,
                         help="the NAME in the URLs (default: the export folder's name)")
     args = parser.parse_args(argv)
@@ -53,7 +65,8 @@ def main(argv=None):
         print(f"Serving {root} as {name!r} on {args.host}:{args.port}: "
               f"http://{shown}:{args.port}/v1/models/{name} (TF Serving's REST API); Ctrl-C "
               f"to stop.", flush=True)
-        stopped_by = start(root, args.port, name, args.grace, args.poll, args.host)
+        stopped_by = start(root, args.port, name, args.grace, args.poll, args.host,
+                           args.max_batch, args.batch_wait_ms / 1000)
         print("Stopped.", flush=True)
         # The exit status says what stopped it, as every command's does (143, 130).
         if stopped_by == signal.SIGTERM:

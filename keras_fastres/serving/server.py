@@ -100,11 +100,14 @@ def model_class():
         base is looked at again, and a newer complete version is loaded and then served; a
         version that cannot be loaded is logged in one line and the one served stays."""
 
-        def __init__(self, name, export_dir, poll=None):
+        def __init__(self, name, export_dir, poll=None, max_batch=1, batch_wait=0.0):
             super().__init__(name)
             self.export_dir, self.poll = export_dir, poll
+            self.max_batch, self.batch_wait = max_batch, batch_wait
             self.served: Served | None = None  # until load()
             self._stop = threading.Event()
+            self._waiting: dict[str, list] = {}  # signature: [(inputs, count, future)]
+            self._busy: dict[str, int] = {}  # signature: its calls running
 
         @property
         def preparation(self):
@@ -146,14 +149,79 @@ def model_class():
             signature, inputs = self.inputs(payload, served)
             if served.classifier is not None:
                 return await self.classified(signature, inputs, served)
-            try:
-                outputs = await asyncio.to_thread(served.signatures[signature], **inputs)
-            except tf.errors.InvalidArgumentError as error:
-                raise invalid(_reason(error)) from None
-            names = sorted(outputs)
-            values = {name: outputs[name].numpy() for name in names}
+            if self.max_batch > 1 and signature != "serving_float":
+                values = await self.batched(served, signature, inputs)
+            else:
+                values = await asyncio.to_thread(self.run, served, signature, inputs)
+            names = sorted(values)
             return {"predictions": [{name: _plain(values[name][i]) for name in names}
                                     for i in range(len(values[names[0]]))]}
+
+        @staticmethod
+        def run(served, signature, inputs):
+            """{output: numpy values} of one call of a SavedModel's signature."""
+            try:
+                outputs = served.signatures[signature](**inputs)
+            except tf.errors.InvalidArgumentError as error:
+                raise invalid(_reason(error)) from None
+            return {name: value.numpy() for name, value in outputs.items()}
+
+        async def batched(self, served, signature, inputs):
+            """The request's outputs from a call shared with other requests, its own rows in
+            order: a request that finds no call running starts one after `batch_wait` seconds
+            (0: at once); those that come while a call runs share the next one, which starts
+            when it ends (or when they reach `max_batch` images)."""
+            (key, value), = inputs.items()
+            future = asyncio.get_running_loop().create_future()
+            waiting = self._waiting.setdefault(signature, [])
+            waiting.append((value, int(value.shape[0]), future))
+            if signature in self._busy:  # sent with the call after the running one
+                if sum(count for _, count, _ in waiting) >= self.max_batch:
+                    self._flush(served, signature, key)
+            elif len(waiting) == 1:
+                asyncio.get_running_loop().call_later(
+                    self.batch_wait, self._flush, served, signature, key)
+            return await future
+
+        def _flush(self, served, signature, key):
+            """A call for what waits, at most `max_batch` images (the rest waits on)."""
+            waiting, images = self._waiting.get(signature, []), 0
+            batch: list = []
+            while waiting and (not batch or images + waiting[0][1] <= self.max_batch):
+                batch.append(waiting.pop(0))
+                images += batch[-1][1]
+            if batch:
+                self._busy[signature] = self._busy.get(signature, 0) + 1
+                asyncio.get_running_loop().create_task(
+                    self._answer(served, signature, key, batch))
+
+        async def _answer(self, served, signature, key, batch):
+            try:
+                await self._answer_batch(served, signature, key, batch)
+            finally:
+                self._busy[signature] -= 1
+                if not self._busy[signature]:
+                    del self._busy[signature]
+                    if self._waiting.get(signature):  # what came meanwhile, at once
+                        self._flush(served, signature, key)
+
+        async def _answer_batch(self, served, signature, key, batch):
+            counts = [count for _, count, _ in batch]
+            try:
+                merged = tf.concat([value for value, _, _ in batch], axis=0)
+                values = await asyncio.to_thread(self.run, served, signature, {key: merged})
+            except Exception:  # one bad request (or shape): each answered on its own
+                for value, _, future in batch:
+                    try:
+                        future.set_result(await asyncio.to_thread(
+                            self.run, served, signature, {key: value}))
+                    except Exception as error:
+                        future.set_exception(error)
+                return
+            start = 0
+            for (_, _, future), end in zip(batch, np.cumsum(counts)):
+                future.set_result({name: rows[start:end] for name, rows in values.items()})
+                start = end
 
         def inputs(self, payload, served):
             """(signature name, its keyword inputs) of a V1 request, or InvalidInput."""
@@ -253,15 +321,19 @@ GRACE = 30  # seconds: Kubernetes' default termination grace period
 
 
 POLL = 2  # seconds between looks at the base for a new version
+MAX_BATCH = 64  # images in one shared model call
+BATCH_WAIT = 0.0  # seconds a request finding no call running waits for others to join it
 
 
-def serve(export_dir, port=8501, model_name=None, grace=GRACE, poll=POLL, host="0.0.0.0"):
+def serve(export_dir, port=8501, model_name=None, grace=GRACE, poll=POLL, host="0.0.0.0",
+          max_batch=MAX_BATCH, batch_wait=BATCH_WAIT):
     """Serves the model of `export_dir` (its newest version, and each newer one that appears
     complete in it, looked for every `poll` seconds) on `host`:`port` until SIGTERM or Ctrl-C,
     then finishes the requests in flight for up to `grace` seconds; returns the signal that
-    stopped it."""
+    stopped it. Concurrent requests to a SavedModel share one call of up to `max_batch` images,
+    gathered for `batch_wait` seconds (`max_batch` 1: each request its own call)."""
     kserve = _kserve()
-    model = model_class()(model_name, export_dir, poll)
+    model = model_class()(model_name, export_dir, poll, max_batch, batch_wait)
     model.load()
     server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1,
                                 enable_latency_logging=False, grace_period=grace)
