@@ -45,7 +45,7 @@ def trained(loop, split, depth, batch_size, seed):
         # Timed from before its data is built, as the Trainer's epoch (which builds it).
         start = time.perf_counter()
         model.fit(train.epoch(epoch, 0, 1, 1), epochs=epoch + 1, initial_epoch=epoch,
-                  callbacks=callbacks, verbose=0)
+                  shuffle=False, callbacks=callbacks, verbose=0)
         took = time.perf_counter() - start
     return model.get_weights(), took
 
