@@ -53,18 +53,27 @@ def test_the_graph_resizes_as_the_loader_within_one_level(resize, tmp_path):
 def test_serving_bytes_gives_predicts_classes_without_keras_or_this_package(digits_run,
                                                                             tmp_path):
     """The digits model on 30 digits enlarged to sizes other than its 16x16 and saved as JPEG
-    and PNG, sent as file bytes to the SavedModel in a process where Keras and this package
-    cannot be imported: the classes fastres-predict gives, for 29 or more."""
+    (five of the ten stored sideways or upside down with their EXIF orientation 3, 6 or 8, as
+    phones write them), PNG and WebP, sent as file bytes to the SavedModel in a process where Keras
+    and this package cannot be imported: the classes fastres-predict gives, for 29 or more."""
     from keras_fastres.serving.predict import predict
 
     root, run = digits_run
     sources = sorted((root / "test").rglob("*.png"))[:30]
+    turned = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+              8: Image.Transpose.ROTATE_270}  # stored so that the orientation shows it upright
     files = []
     for index, source in enumerate(sources):
         size = (16 + 7 * (index % 5), 16 + 5 * (index % 7))
         image = Image.open(source).convert("RGB").resize(size, Image.Resampling.BICUBIC)
-        path = tmp_path / f"{index}.{'jpg' if index % 2 else 'png'}"
-        image.save(path)
+        path = tmp_path / f"{index}.{('png', 'jpg', 'webp')[index % 3]}"
+        if index % 3 == 1 and index % 2:
+            orientation = (3, 6, 8)[index % 9 // 3]
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            image.transpose(turned[orientation]).save(path, quality=95, exif=exif)
+        else:
+            image.save(path)
         files.append(path)
     expected = [classes[0][0] for _, classes in predict(run / "export", files, top=1)]
     script = f"""
