@@ -102,18 +102,17 @@ def evaluate(model, data, *, batch_size: int = BATCH,
 
 
 def _evaluate_files(classifier, model_label, data_label, names, items, batch_size, on_error):
+    from keras_fastres.serving.predict import load_image
     rows, labels, sources = [], [], []
     for start in range(0, len(items), batch_size):
         pixels = []
         for path, label in items[start:start + batch_size]:
             try:
-                pixels.append(classifier.preparation.prepare_file(path))
-            except ValueError as error:
-                message = (f"Cannot read {path}: it is not an image Pillow reads, or it is "
-                           f"damaged ({error}).")
+                pixels.append(load_image(path, classifier.preparation))
+            except DamagedFile as error:
                 if on_error is None:
-                    raise DamagedFile(message) from None
-                on_error(path, message)
+                    raise
+                on_error(path, str(error))
                 continue
             labels.append(label)
             sources.append(str(path))

@@ -8,7 +8,6 @@ bin's accuracy and its confidence, weighted by its images.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import binomtest
@@ -164,7 +163,3 @@ def disagreements(first: Evaluation, second: Evaluation) -> list[dict]:
              "second": second.class_names[second.predictions[i]],
              "second_probability": float(second.probabilities[i, second.predictions[i]])}
             for i in differ]
-
-
-def source_names(paths) -> tuple:
-    return tuple(str(Path(p)) for p in paths)

@@ -311,10 +311,10 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _no_client_errors(record):
-    """False for KServe's log record of a request it refused (400), which carries a traceback."""
-    error = record.exc_info[1] if record.exc_info else None
-    return not isinstance(error, _kserve().errors.InvalidInput)
+def _no_client_errors(refused):
+    """A log filter: False for KServe's record of a request it refused (an exception of class
+    `refused`, answered 400), which carries a traceback."""
+    return lambda record: not (record.exc_info and isinstance(record.exc_info[1], refused))
 
 
 GRACE = 30  # seconds: Kubernetes' default termination grace period
@@ -341,7 +341,7 @@ def serve(export_dir, port=8501, model_name=None, grace=GRACE, poll=POLL, host="
     # request: KServe's wall-time line (path, status, method, seconds), not also uvicorn's
     # access line and the CPU-time line; a refused request is that line's 400 and the client's
     # one-line reason, not a logged traceback.
-    logging.getLogger("kserve").addFilter(_no_client_errors)
+    logging.getLogger("kserve").addFilter(_no_client_errors(kserve.errors.InvalidInput))
     logging.getLogger("uvicorn.access").addFilter(lambda record: False)
     logging.getLogger("kserve.trace").addFilter(lambda record: "time:wall" in record.getMessage())
     received = []
