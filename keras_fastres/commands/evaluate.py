@@ -5,8 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from keras_fastres.commands.output import run_command
-from keras_fastres.errors import DamagedFile
+from keras_fastres.commands.output import Unreadable, run_command
 from keras_fastres.utils.console import HelpFormatter, positive_integer, program, quiet_converters
 
 DESCRIPTION = """What a model gets wrong on labelled images: accuracy with its 95% interval,
@@ -54,17 +53,14 @@ def main(argv=None):
     def report():
         from keras_fastres.evaluation import evaluate
         from keras_fastres.evaluation.report import summary_text, write_report
-        unreadable = []
-
-        def skip(path, message):  # named once, by the first model (the second skips it too)
-            print(f"error: {message}", file=sys.stderr)
-            unreadable.append(path)
+        unreadable = Unreadable()  # named by the first model (the second skips them too)
 
         source = data
         if (Path(data) / "metrics.json").is_file():  # a run: its test split, as it loaded it
             from keras_fastres.training.run import run_data
             source = run_data(data)
-        evaluation = evaluate(args.model, source, batch_size=args.batch_size, on_error=skip)
+        evaluation = evaluate(args.model, source, batch_size=args.batch_size,
+                              on_error=unreadable)
         compare = None
         if args.compare:
             compare = evaluate(args.compare, source, batch_size=args.batch_size,
@@ -75,10 +71,7 @@ def main(argv=None):
         else:
             print(summary_text(evaluation, compare))
             print(f"Report in {output}")
-        if unreadable:
-            raise DamagedFile(f"{len(unreadable)} images could not be read "
-                              f"({', '.join(map(str, unreadable[:5]))}); the others are "
-                              f"evaluated above.")
+        unreadable.check(f"{len(unreadable.paths)} images", "evaluated above")
     return run_command(quiet_converters()(report))
 
 

@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from keras_fastres.errors import (
+    DamagedFile,
     FastResWarning,
     Terminated,
     is_tensorflow_error,
@@ -89,6 +90,26 @@ def run_command(body, stopped_hint="", advice=None, log_level=logging.INFO):
         print(f"error: {prefix}{summary(error)}" + (f"\n{more}" if more else ""),
               file=sys.stderr)
         return exit_status(error)
+
+
+class Unreadable:
+    """An `on_error(path, message)` for image files a command cannot read: each named on stderr
+    as it is met, the rest of the work going on; `check(...)` then ends the command with one
+    error (exit 1) when there were any."""
+
+    def __init__(self):
+        self.paths = []
+
+    def __call__(self, path, message):
+        print(f"error: {message}", file=sys.stderr)
+        self.paths.append(path)
+
+    def check(self, counted, done):
+        """A `DamagedFile` saying "`counted` could not be read (the first five); the others are
+        `done`" when any file could not be read."""
+        if self.paths:
+            raise DamagedFile(f"{counted} could not be read "
+                              f"({', '.join(map(str, self.paths[:5]))}); the others are {done}.")
 
 
 def progress_bar(label, unit="image"):

@@ -4,8 +4,7 @@ SavedModel, ONNX, LiteRT, a run or a .keras file), without a server (serving/pre
 import argparse
 import sys
 
-from keras_fastres.commands.output import run_command
-from keras_fastres.errors import DamagedFile
+from keras_fastres.commands.output import Unreadable, run_command
 from keras_fastres.serving.predict import predict
 from keras_fastres.utils.console import HelpFormatter, positive_integer, program, quiet_converters
 
@@ -25,19 +24,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def show_predictions():
-        unreadable = []
-
-        def skip(path, message):
-            unreadable.append(path)
-            print(f"error: {message}", file=sys.stderr)
+        unreadable = Unreadable()
         # One image: its error is the one line; several: each named, the others classified.
         for path, classes in predict(args.export_dir, args.images, args.top,
-                                     on_error=skip if len(args.images) > 1 else None):
+                                     on_error=unreadable if len(args.images) > 1 else None):
             print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in classes))
-        if unreadable:
-            raise DamagedFile(f"{len(unreadable)} of {len(args.images)} images could not be "
-                              f"read ({', '.join(map(str, unreadable[:5]))}); the others are "
-                              f"classified above.")
+        unreadable.check(f"{len(unreadable.paths)} of {len(args.images)} images",
+                         "classified above")
     return run_command(quiet_converters()(show_predictions))
 
 
