@@ -49,32 +49,44 @@ def server(digits_run, tmp_path):
 @contextlib.contextmanager
 def serving(export, tmp_path, *options):
     """fastres-serve on `export` as the model "digits", ready: yields (its URL, the process,
-    its output file), and kills it after. Its output goes to a file: a server logs every
-    request, and a pipe nobody reads would fill and stop it."""
-    port, = free_ports(1)
-    log = tmp_path / "server.log"
-    with open(log, "w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "keras_fastres.commands.serve", str(export),
-             "--port", str(port), "--model-name", "digits", *options], stdout=output,
-            stderr=subprocess.STDOUT, text=True, env=USER_ENV)
-    url = f"http://127.0.0.1:{port}/v1/models/digits"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            status, answer = call(url, timeout=5)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            assert process.poll() is None and time.monotonic() < deadline, (
-                log.read_text()[-3000:])
-            time.sleep(0.5)
-    assert (status, answer) == (200, {"name": "digits", "ready": True})
+    its output file), and kills it after."""
+    with several({"digits": export}, tmp_path, *options) as started:
+        yield started["digits"]
+
+
+@contextlib.contextmanager
+def several(exports, tmp_path, *options):
+    """fastres-serve on each of `exports` ({model name: export}), all started at once, then
+    each waited for until ready: yields {name: (its URL, the process, its output file)}, and
+    kills them after. Their output goes to files: a server logs every request, and a pipe
+    nobody reads would fill and stop it."""
+    started = {}
     try:
-        yield url, process, log
+        for (name, export), port in zip(exports.items(), free_ports(len(exports))):
+            log = tmp_path / f"server-{name}.log"
+            with open(log, "w") as output:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "keras_fastres.commands.serve", str(export),
+                     "--port", str(port), "--model-name", name, *options], stdout=output,
+                    stderr=subprocess.STDOUT, text=True, env=USER_ENV)
+            started[name] = (f"http://127.0.0.1:{port}/v1/models/{name}", process, log)
+        deadline = time.monotonic() + 180
+        for name, (url, process, log) in started.items():
+            while True:
+                try:
+                    status, answer = call(url, timeout=5)
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    assert process.poll() is None and time.monotonic() < deadline, (
+                        log.read_text()[-3000:])
+                    time.sleep(0.5)
+            assert (status, answer) == (200, {"name": name, "ready": True})
+        yield started
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        for _, process, _ in started.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def encoded(path):
@@ -191,48 +203,87 @@ def test_a_tiff_is_answered_as_predict_answers_it(digits_run, tmp_path):
         [ranked[0][1] for _, ranked in expected], abs=1e-5)
 
 
-def test_onnx_int8_and_litert_bases_are_served_as_predict_answers_them(digits_run, tmp_path):
-    """fastres-serve on an ONNX base (float and int8) and a LiteRT base: for phone photos and
-    every format, as files and as pixels, the classes fastres-predict gives on those files."""
-    import asyncio
-    import base64
+KINDS = (("jpg", 1), ("jpg", 3), ("jpg", 6), ("jpg", 8), ("webp", None), ("png", None),
+         ("tif", None))  # a JPEG's EXIF orientation; the other formats as stored
 
-    import numpy as np
+
+def parity_photos(root, folder, per_kind=3):
+    """`per_kind` photos of each of KINDS: digits of the test split enlarged to sizes other than
+    the model's 16x16, the JPEGs stored turned as a phone stores them, with the EXIF orientation
+    that shows them upright."""
     from PIL import Image
+    turned = {1: None, 3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+              8: Image.Transpose.ROTATE_270}
+    folder.mkdir()
+    files = []
+    for index, source in enumerate(sorted((root / "test").rglob("*.png"))[:7 * per_kind]):
+        suffix, orientation = KINDS[index % len(KINDS)]
+        size = (16 + 7 * (index % 5), 16 + 5 * (index % 7))
+        image = Image.open(source).convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        files.append(folder / f"{index}.{suffix}")
+        if orientation:
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            stored = image.transpose(turned[orientation]) if turned[orientation] else image
+            stored.save(files[-1], quality=95, exif=exif)
+        else:
+            image.save(files[-1])
+    return files
+
+
+def test_every_way_in_answers_predicts_class_for_every_photo(digits_run, tmp_path):
+    """One folder of photos (JPEGs with EXIF orientations 1, 3, 6 and 8, WebP, PNG, TIFF):
+    fastres-serve over HTTP on every export format (SavedModel, ONNX, int8 ONNX, LiteRT, the
+    .keras file), and serving_bytes in a process where Keras and this package cannot be imported
+    (the formats TensorFlow decodes), give fastres-predict's class for every photo; the graph's
+    image is the loader's within the README's tolerance (a mean of at most one level)."""
+    import tensorflow as tf
 
     from keras_fastres.models import load_model
     from keras_fastres.serving.compact import export_compact
+    from keras_fastres.serving.decode import decode_batch
     from keras_fastres.serving.export import export_onnx
-    from keras_fastres.serving.predict import predict
-    from keras_fastres.serving.server import model_class
+    from keras_fastres.serving.predict import open_classifier
     from keras_fastres.training.run import run_data
     root, run = digits_run
     model = load_model(run)
     export_onnx(model, tmp_path / "onnx", version=1)
     export_compact(model, tmp_path / "int8", run_data(run), "onnx", "int8", version=1)
     export_compact(model, tmp_path / "litert", None, "litert", version=1)
-    files = []
-    for index, source in enumerate(sorted((root / "test").rglob("*.png"))[:8]):
-        files.append(tmp_path / f"{index}.{('jpg', 'webp', 'tif', 'png')[index % 4]}")
-        image = Image.open(source).convert("RGB").resize((20, 28))
-        if index % 4 == 0:  # a phone's sideways JPEG, turned upright by its orientation
-            exif = Image.Exif()
-            exif[0x0112] = 6
-            image.transpose(Image.Transpose.ROTATE_90).save(files[-1], quality=95, exif=exif)
-        else:
-            image.save(files[-1])
-    for base in ("onnx", "int8", "litert"):
-        served = model_class()(base, tmp_path / base)
-        served.load()
-        answer = asyncio.run(served.predict({"instances": [
-            {"b64": base64.b64encode(path.read_bytes()).decode()} for path in files]}))
-        expected = predict(tmp_path / base, files, top=1)
-        assert [p["class_name"] for p in answer["predictions"]] == [
-            ranked[0][0] for _, ranked in expected], base
-        pixels = np.stack([served.preparation.prepare_file(path) for path in files])
-        as_pixels = asyncio.run(served.predict({"instances": pixels.tolist()}))
-        assert [p["classes"] for p in as_pixels["predictions"]] == [
-            p["classes"] for p in answer["predictions"]], base
+    exports = {"saved": run / "export", "onnx": tmp_path / "onnx", "int8": tmp_path / "int8",
+               "litert": tmp_path / "litert", "keras": run}
+    files = parity_photos(root, tmp_path / "photos")
+    in_graph = [path for path in files if path.suffix != ".tif"]
+    script = f"""
+import sys
+for blocked in ("keras", "keras_fastres"):
+    sys.modules[blocked] = None
+import tensorflow as tf
+serve = tf.saved_model.load({str(run / "export" / "1")!r}).signatures["serving_bytes"]
+files = {[str(path) for path in in_graph]!r}
+out = serve(image_bytes=tf.constant([open(path, "rb").read() for path in files]))
+print(" ".join(name.decode() for name in out["class_name"].numpy()))
+"""
+    without_keras = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
+    expected = {name: [ranked[0][0] for _, ranked in predict(export, files, top=1)]
+                for name, export in exports.items()}
+    assert all(classes == expected["keras"] for classes in expected.values()), expected
+    with several(exports, tmp_path, "--host", "127.0.0.1") as started:
+        for name, (url, _, _) in started.items():
+            status, answer = call(url + ":predict", {"instances": [encoded(f) for f in files]})
+            assert status == 200, answer
+            assert [p["class_name"] for p in answer["predictions"]] == expected[name], name
+    out, err = without_keras.communicate(timeout=180)
+    assert without_keras.returncode == 0, err[-2000:]
+    assert out.split() == [c for c, f in zip(expected["keras"], files) if f.suffix != ".tif"]
+
+    preparation = open_classifier(run).preparation
+    loader = np.stack([preparation.prepare_file(path) for path in in_graph]).astype(int)
+    graph = decode_batch(tf.constant([path.read_bytes() for path in in_graph]),
+                         *preparation.image_size, preparation.resize).numpy()
+    assert np.abs(loader - graph).reshape(len(in_graph), -1).mean(axis=1).max() <= 1.0
 
 
 def test_a_long_request_in_flight_at_sigterm_is_answered_within_the_grace(tmp_path):

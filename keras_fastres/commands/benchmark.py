@@ -155,7 +155,8 @@ def parser():
     output(loading)
 
     server = add("serve", "fastres-serve (needs the serve extra): requests/s and latency of a "
-                          "ResNet-20 type1 SavedModel under 1 and 8 concurrent clients")
+                          "ResNet-20 type1 SavedModel under 1, 8 and 32 concurrent clients, "
+                          "batching on and off")
     rounds(server)
     output(server)
 
