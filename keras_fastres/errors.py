@@ -10,9 +10,12 @@ The kinds, by base class (commands/output.py turns them into exit statuses):
 This module imports only the standard library.
 """
 
+import _thread
 import contextlib
+import os
 import re
 import signal
+import sys
 
 
 class FastResWarning(UserWarning):
@@ -37,14 +40,41 @@ class Terminated(BaseException):
 def stop_on_sigterm():
     """SIGTERM raises Terminated for the duration, so that cleanup runs. Every file the package
     writes appears only when complete, so stopping anywhere loses at most the unfinished
-    part."""
+    part. A stop raised where Python ignores exceptions (a finalizer, a weakref callback, which
+    run between any two steps of the program) is not lost: its signal is sent again, to stop
+    the work where it can; see `stopped_by` for one that another exception took the place of."""
     def terminate(signum, frame):
         raise Terminated
-    previous = signal.signal(signal.SIGTERM, terminate)
+
+    def unraisable(info):
+        stop = info.exc_value
+        if isinstance(stop, (Terminated, KeyboardInterrupt)):
+            # From a new thread, not waited for: raised here, it would be lost again.
+            number = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
+            _thread.start_new_thread(os.kill, (os.getpid(), number))
+        else:
+            hook(info)
+    previous, hook = signal.signal(signal.SIGTERM, terminate), sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = hook
+
+
+def stopped_by(error: BaseException) -> BaseException | None:
+    """The Terminated or KeyboardInterrupt that `error` is, or was raised while handling (its
+    context or cause, followed back), else None. A stop raised inside a library's context
+    manager can be replaced by the error of its exit (TensorFlow's graph building: "assert
+    self._control_dependencies_stack[-1] is controller"): the stop is what happened."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (Terminated, KeyboardInterrupt)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return None
 
 
 def tensorflow_reason(message: str) -> str:

@@ -18,6 +18,7 @@ from keras_fastres.errors import (
     Terminated,
     is_tensorflow_error,
     stop_on_sigterm,
+    stopped_by,
     summary,
 )
 
@@ -77,13 +78,15 @@ def run_command(body, stopped_hint="", advice=None, log_level=logging.INFO):
     try:
         with speaking(log_level), stop_on_sigterm():
             return body() or 0
-    except (KeyboardInterrupt, Terminated) as stop:
-        what = "Terminated (SIGTERM)" if isinstance(stop, Terminated) else "Interrupted"
-        hint = stopped_hint() if callable(stopped_hint) else stopped_hint
-        print(f"\n{what}.{' ' + hint if hint else ''}", file=sys.stderr)
-        return exit_status(stop)
-    except Exception as error:
-        if not (isinstance(error, ERRORS) or is_tensorflow_error(error)):
+    except BaseException as error:
+        stop = stopped_by(error)
+        if stop is not None:
+            what = "Terminated (SIGTERM)" if isinstance(stop, Terminated) else "Interrupted"
+            hint = stopped_hint() if callable(stopped_hint) else stopped_hint
+            print(f"\n{what}.{' ' + hint if hint else ''}", file=sys.stderr)
+            return exit_status(stop)
+        if not isinstance(error, Exception) or not (
+                isinstance(error, ERRORS) or is_tensorflow_error(error)):
             raise
         prefix = "TensorFlow: " if is_tensorflow_error(error) else ""
         more = advice(error) if advice else ""

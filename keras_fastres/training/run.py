@@ -33,7 +33,13 @@ import tensorflow as tf
 
 from keras_fastres import callbacks, data
 from keras_fastres.data.summary import data_summary, summary_lines
-from keras_fastres.errors import FastResWarning, Terminated, stop_on_sigterm, summary
+from keras_fastres.errors import (
+    FastResWarning,
+    Terminated,
+    stop_on_sigterm,
+    stopped_by,
+    summary,
+)
 from keras_fastres.evaluation import evaluate
 from keras_fastres.evaluation.report import write_report
 from keras_fastres.models import MODEL_FILE
@@ -158,9 +164,10 @@ def train(config: TrainConfig, progress=None) -> dict:
         with stop_on_sigterm(), run_lock(run_dir) if chief else contextlib.nullcontext():
             check_not_finished(run_dir)  # again: another process may have just finished it
             return _train(config, run_dir, strategy, chief, progress)
-    except Terminated:
-        if chief and (run_dir / "metrics.json").exists():  # stopped as it ended: finish tidying
-            files.remove_folder(run_dir / "backup")
+    except BaseException as error:
+        stop = stopped_by(error)
+        if isinstance(stop, Terminated) and chief and (run_dir / "metrics.json").exists():
+            files.remove_folder(run_dir / "backup")  # stopped as it ended: finish tidying
         raise
 
 
