@@ -212,8 +212,135 @@ def test_the_cache_is_read_until_a_file_or_setting_changes(tmp_path, monkeypatch
     entry = Path(load_image_folder(folder, 8, cache_dir=cache).details.cache_entry)
     with open(entry / "images.npy", "r+b") as images:
         images.truncate(200)
-    again = load_image_folder(folder, 8, cache_dir=cache)
+    with pytest.warns(FastResWarning, match="is damaged"):
+        again = load_image_folder(folder, 8, cache_dir=cache)
     assert again.details.cache == "miss" and len(again.train.labels) == len(first.train.labels)
+
+
+def _manifest(edit):
+    def change(entry):
+        manifest = json.loads((entry / "manifest.json").read_text())
+        edit(manifest)
+        (entry / "manifest.json").write_text(json.dumps(manifest))
+    return change
+
+
+def _labels(values):
+    def change(entry):
+        labels = np.load(entry / "labels.npy")
+        np.save(entry / "labels.npy", values(labels))
+    return change
+
+
+def _flip_a_byte(entry):
+    with open(entry / "images.npy", "r+b") as images:
+        images.seek(-100, os.SEEK_END)
+        byte = images.read(1)
+        images.seek(-100, os.SEEK_END)
+        images.write(bytes([byte[0] ^ 0xFF]))
+
+
+TAMPERINGS = {
+    "missing key": (_manifest(lambda m: m.pop("far_aspect")), "missing or extra keys"),
+    "float labels": (_labels(lambda labels: labels.astype(float)), "SHA-256 differs"),
+    "label out of range": (_labels(lambda labels: labels + 5), "SHA-256 differs"),
+    "negative label": (_labels(lambda labels: labels - 5), "SHA-256 differs"),
+    "odd skipped": (_manifest(lambda m: m.update(skipped=[["one"]])), "values of the wrong kind"),
+    "bytes flipped": (_flip_a_byte, "images.npy is not the file that was written"),
+    "manifest removed": (lambda entry: (entry / "manifest.json").unlink(), "no manifest.json"),
+    "truncated array": (lambda entry: os.truncate(entry / "images.npy", 500), "SHA-256 differs"),
+    "entry a file": (lambda entry: (__import__("shutil").rmtree(entry), entry.write_text("x")),
+                     "it is a file, not a folder"),
+    "labels with digests redone": (None, "a label is outside the 2 classes"),
+}
+
+
+@pytest.mark.parametrize("tampering", TAMPERINGS)
+def test_a_tampered_cache_entry_is_named_and_decoded_again(tampering, tmp_path):
+    """Each way an entry is damaged or edited: one warning naming the entry and the reason,
+    the folder decoded again into a new entry, and the data of a fresh cache, bit for bit."""
+    from keras_fastres.data import cache as cache_module
+    folder = photo_folder(tmp_path / "photos")
+    cache = tmp_path / "cache"
+    first = load_image_folder(folder, 8, cache_dir=cache)
+    entry = Path(first.details.cache_entry)
+    change, reason = TAMPERINGS[tampering]
+    if change is None:  # the labels edited and the digests made to match: the range check
+        _labels(lambda labels: labels + 5)(entry)
+        _manifest(lambda m: m["digests"].update(
+            {"labels.npy": cache_module.file_digest(entry / "labels.npy")}))(entry)
+    else:
+        change(entry)
+    with pytest.warns(FastResWarning) as caught:
+        again = load_image_folder(folder, 8, cache_dir=cache)
+    damaged = [str(w.message) for w in caught if "damaged" in str(w.message)]
+    assert len(damaged) == 1 and str(entry) in damaged[0] and reason in damaged[0], damaged
+    assert again.details.cache == "miss" and (entry / "manifest.json").is_file()
+    for a, b in ((first.train, again.train), (first.test, again.test)):
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    assert load_image_folder(folder, 8, cache_dir=cache).details.cache == "hit"
+    assert [p.name for p in (cache / "folders").iterdir()] == [entry.name]
+
+
+def test_a_run_on_a_tampered_cache_trains_a_fresh_caches_weights(tmp_path, monkeypatch, capsys):
+    folder = photo_folder(tmp_path / "photos", per_class=10, size=(20, 20))
+    recorded = WeightRecorder(monkeypatch)
+    args = ["--data", str(folder), "--image-size", "8", "--depth", "8", "--epochs", "1",
+            "--batch-size", "8", "--seed", "3", "--cache-dir", str(tmp_path / "cache")]
+    assert train_command([*args, "--output-dir", str(tmp_path / "fresh")]) == 0
+    entry, = (tmp_path / "cache" / "folders").iterdir()
+    _flip_a_byte(entry)
+    assert train_command([*args, "--output-dir", str(tmp_path / "tampered")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: the cache entry {entry} is damaged (images.npy is not the file" in err
+    assert "Traceback" not in err
+    for a, b in zip(*recorded.final, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("where", ["a file", "read-only"])
+def test_a_cache_dir_that_cannot_hold_entries_is_one_line(where, tmp_path, capsys, monkeypatch):
+    folder = photo_folder(tmp_path / "photos")
+    cache = tmp_path / "cache"
+    if where == "a file":
+        cache.write_text("not a folder")
+        expected = f"error: The cache dir cannot be made: {cache} is a file, not a folder"
+    else:
+        (cache / "folders").mkdir(parents=True)
+        (cache / "folders").chmod(0o555)
+        if os.access(cache / "folders", os.W_OK):  # root writes anyway: as the kernel says
+            import tempfile                          # to another user
+
+            def refused(*args, **kwargs):
+                raise PermissionError(13, "Permission denied")
+            monkeypatch.setattr(tempfile, "mkdtemp", refused)
+        expected = (f"error: Cannot write the decoded images to the cache {cache / 'folders'} "
+                    f"(Permission denied); pass a writable --cache-dir.")
+    code = train_command(["--data", str(folder), "--image-size", "8", "--cache-dir", str(cache),
+                          "--cache-only"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip().startswith(expected) and err.count("\n") == 1, err
+    assert not list(tmp_path.rglob(".incomplete-*"))
+
+
+def test_a_disk_that_fills_during_the_fill_is_one_line(tmp_path, monkeypatch):
+    """The images' file is reserved on the disk before decoding: a disk without that room
+    fails there with ENOSPC (not a decoding worker's SIGBUS later), said as the disk filling."""
+    import errno
+
+    from keras_fastres.data import DataUnavailableError
+    from keras_fastres.data import cache as cache_module
+    folder = photo_folder(tmp_path / "photos")
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(cache_module.os, "posix_fallocate", full)
+    with pytest.raises(DataUnavailableError, match=r"The disk of the cache .* filled while the "
+                                                   r"decoded images were written \(4.5 KiB "
+                                                   r"needed, .* free now\); pass a --cache-dir"):
+        load_image_folder(folder, 8, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache" / "folders").iterdir()) == []
 
 
 def test_a_cache_without_room_is_refused_before_decoding(tmp_path, monkeypatch):

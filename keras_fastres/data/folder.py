@@ -16,6 +16,7 @@ read the cache. A set larger than `max_memory` stays memory-mapped in the cache,
 reads it a batch at a time.
 """
 
+import errno
 import hashlib
 import logging
 import os
@@ -329,6 +330,9 @@ def _fill_entry(parent, entry, root, names, splits, size, resize, max_pixels, wo
     """Decodes both splits into a new cache entry and publishes it (cache.publish)."""
     total = sum(len(files) for files in splits)
     needed = total * size[0] * size[1] * 3
+    if blocking := cache.not_a_folder(parent):
+        raise DataUnavailableError(f"The cache dir cannot be made: {blocking} is a file, not a "
+                                   f"folder; pass a --cache-dir that is a folder.")
     try:
         partial = cache.new_entry(parent)
     except OSError as error:
@@ -346,7 +350,7 @@ def _fill_entry(parent, entry, root, names, splits, size, resize, max_pixels, wo
         start = time.perf_counter()
         files = [*splits[0], *splits[1]]  # one array: the training rows, then the test rows
         output = partial / cache.IMAGES
-        np.lib.format.open_memmap(output, "w+", np.uint8, (total, *size, 3))
+        cache.allocate(output, (total, *size, 3))
         with warnings.catch_warnings():  # Pillow's own bomb warning: such files are skipped
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             skipped, wide, small = decoding.decode_files(
@@ -366,6 +370,13 @@ def _fill_entry(parent, entry, root, names, splits, size, resize, max_pixels, wo
                     "far_aspect": wide, "far_smaller": small}
         log.info("Decoding %s: done in %.1f s", root, time.perf_counter() - start)
         cache.publish(partial, entry, manifest)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise DataUnavailableError(
+            f"The disk of the cache {parent} filled while the decoded images were written "
+            f"({_size(needed)} needed, {_size(shutil.disk_usage(parent).free)} free now); pass a "
+            f"--cache-dir with room, or a smaller --image-size.") from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # gone when published
 
@@ -375,8 +386,8 @@ def _keep_rows(output, keep, chunk=4096):
     rows in memory at a time."""
     images = np.load(output, mmap_mode="r")
     kept_file = output.with_suffix(".kept.npy")
-    kept = np.lib.format.open_memmap(kept_file, "w+", np.uint8,
-                                     (int(keep.sum()), *images.shape[1:]))
+    cache.allocate(kept_file, (int(keep.sum()), *images.shape[1:]))
+    kept = np.load(kept_file, mmap_mode="r+")
     rows = np.flatnonzero(keep)
     for first in range(0, len(rows), chunk):
         kept[first:first + chunk] = images[rows[first:first + chunk]]
