@@ -72,7 +72,7 @@ def test_webp_tiff_and_other_formats_load_and_other_files_are_named(tmp_path):
     for name in ("lossless.webp", "scan.tif"):
         np.testing.assert_array_equal(decoding.decode_image(folder / "cat" / name, 24, 20),
                                       pixels)
-    with pytest.warns(FastResWarning, match=r"ignored 1 files that are not images .*labels\.csv"):
+    with pytest.warns(FastResWarning, match=r"ignored 1 file of types Pillow does not read .*labels\.csv"):
         loaded = load_image_folder(folder, (24, 20), validation_fraction=0.3)
     assert len(loaded.train.labels) + len(loaded.test.labels) == 9
     assert loaded.details.ignored == [str(folder / "dog" / "labels.csv")]
@@ -309,8 +309,8 @@ def test_a_cache_dir_that_cannot_hold_entries_is_one_line(where, tmp_path, capsy
     else:
         (cache / "folders").mkdir(parents=True)
         (cache / "folders").chmod(0o555)
-        if os.access(cache / "folders", os.W_OK):  # root writes anyway: as the kernel says
-            import tempfile                          # to another user
+        if os.access(cache / "folders", os.W_OK):  # root writes anyway: refused as the
+            import tempfile  # kernel refuses another user
 
             def refused(*args, **kwargs):
                 raise PermissionError(13, "Permission denied")

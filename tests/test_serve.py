@@ -396,3 +396,83 @@ def test_concurrent_requests_share_a_call_and_keep_their_own_answers(digits_run)
     again = asyncio.run(together(batching))
     assert len(calls) == 1 and [a["predictions"] for a in again] == [
         s["predictions"] for s in shared[:5] + shared[6:]]  # 11 requests, 22 images, one call
+
+
+def rss_mb(pid):
+    status = open(f"/proc/{pid}/status").read()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("VmRSS:"))) / 1024
+
+
+def test_the_server_bounds_what_it_takes(digits_run, tmp_path):
+    """A 200 MB body: 413 within a second, the server's memory unmoved; a chunked body over
+    the limit: 413; 100,000 instances and JSON nested 100,000 deep: 400; a PNG declaring
+    30,000 x 30,000 pixels: 400 before decoding; 200 connections sending their headers a byte
+    at a time, and clients gone mid-request, do not keep a normal client waiting."""
+    import socket
+
+    from test_own_images import png_header
+    _, run = digits_run
+    with serving(run / "export", tmp_path, "--host", "127.0.0.1",
+                 "--max-request-mb", "8") as (url, process, log):
+        port = int(url.split(":")[2].split("/")[0])
+        path = "/v1/models/digits:predict"
+        before = rss_mb(process.pid)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            start = time.monotonic()
+            client.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                           f"\r\nContent-Length: {200 * 2 ** 20}\r\n\r\n".encode())
+            try:
+                for _ in range(20):  # 20 MB of the 200 sent while the answer comes
+                    client.sendall(b"0" * 2 ** 20)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            answer = client.recv(4096).decode()
+            assert answer.startswith("HTTP/1.1 413"), answer
+            assert time.monotonic() - start < 1 and "--max-request-mb" in answer
+        assert rss_mb(process.pid) - before < 50
+
+        with socket.create_connection(("127.0.0.1", port)) as client:  # chunked, 9 MB
+            client.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                           f"\r\n".encode())
+            try:
+                for _ in range(9):
+                    client.sendall(b"100000\r\n" + b"0" * 2 ** 20 + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert client.recv(4096).decode().startswith("HTTP/1.1 413")
+
+        many = {"instances": [{"b64": "AAAA"}] * 100_000}
+        status, answer = call(url + ":predict", many)
+        assert status == 400 and "100,000 instances in one request, more than 10,000" in \
+            answer["error"]
+        deep = b"[" * 100_000 + b"]" * 100_000
+        for headers in ({}, {"Content-Type": "application/json"}):
+            request = urllib.request.Request(url + ":predict", data=deep, headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 400, headers
+        bomb = {"instances": [{"b64": base64.b64encode(png_header(30_000, 30_000)).decode()}]}
+        status, answer = call(url + ":predict", bomb)
+        assert status == 400 and "image_bytes[0] declares 900000000 pixels, more than the " \
+            "limit of 67,108,864" in answer["error"], answer
+
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+        try:
+            for second in range(3):
+                for connection in slow:
+                    connection.send(b"POST /v1/mo"[second:second + 1])
+                start = time.monotonic()
+                assert call(url, timeout=5)[0] == 200 and time.monotonic() - start < 2
+                time.sleep(1)
+            for connection in slow[:100]:  # gone mid-request: a part of the body sent
+                connection.send(f"{path} HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{{".encode())
+                connection.close()
+            files = sorted((digits_run[0] / "test").rglob("*.png"))[:1]
+            status, _ = call(url + ":predict", {"instances": [encoded(files[0])]})
+            assert status == 200
+        finally:
+            for connection in slow:
+                connection.close()
+        output = log.read_text()
+        assert "Traceback" not in output, output[-3000:]

@@ -35,7 +35,7 @@ def main(argv=None):
                         help="the address to listen on: 0.0.0.0 every interface (as TF Serving "
                              "and a container need), 127.0.0.1 this machine only")
     parser.add_argument("--port", type=positive_integer, default=DEFAULT_PORT,
-                        help="the HTTP port (default: TF Serving's 8501)")
+                        help="the HTTP port (TF Serving's REST port)")
     parser.add_argument("--grace", type=positive_integer, default=30, metavar="SECONDS",
                         help="after SIGTERM or Ctrl-C, how long the requests in flight may "
                              "take to finish (Kubernetes' termination grace)")
@@ -49,6 +49,10 @@ def main(argv=None):
                         help="how long a request that finds no call running waits for others "
                              "to share its call (those that come while a call runs share the "
                              "next one anyway)")
+    parser.add_argument("--max-request-mb", type=positive_integer, default=64, metavar="MB",
+                        help="a request body larger than this is refused with 413")
+    parser.add_argument("--max-instances", type=positive_integer, default=10_000,
+                        metavar="IMAGES", help="a request with more images is refused with 400")
     parser.add_argument("--model-name", default=None,
                         help="the NAME in the URLs (default: the export folder's name)")
     args = parser.parse_args(argv)
@@ -66,7 +70,8 @@ def main(argv=None):
               f"http://{shown}:{args.port}/v1/models/{name} (TF Serving's REST API); Ctrl-C "
               f"to stop.", flush=True)
         stopped_by = start(root, args.port, name, args.grace, args.poll, args.host,
-                           args.max_batch, args.batch_wait_ms / 1000)
+                           args.max_batch, args.batch_wait_ms / 1000, args.max_request_mb,
+                           args.max_instances)
         print("Stopped.", flush=True)
         # The exit status says what stopped it, as every command's does (143, 130).
         if stopped_by == signal.SIGTERM:

@@ -412,7 +412,8 @@ def _warn(details, total):
                       FastResWarning, stacklevel=3)
     if details.ignored:
         shown = ", ".join(details.ignored[:SHOWN_SKIPPED])
-        warnings.warn(f"ignored {len(details.ignored)} files that are not images Pillow reads "
-                      f"(by their name's ending): {shown}"
+        count = len(details.ignored)
+        warnings.warn(f"ignored {count} {'file' if count == 1 else 'files'} of types Pillow "
+                      f"does not read (by the name's ending): {shown}"
                       f"{', ...' if len(details.ignored) > SHOWN_SKIPPED else ''}",
                       FastResWarning, stacklevel=3)

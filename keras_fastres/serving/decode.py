@@ -12,13 +12,17 @@ What the loader does, in TensorFlow ops:
 - the resize mode: stretch, crop (the centred window of the target's aspect) or pad (scaled to
   fit, centred on zeros), with the bilinear filter widened by the reduction (antialiased),
   rounded to uint8.
-A string that is no such image, or a truncated one (a JPEG whose last scan has no end marker, a
+An image whose header declares more than the loader's limit of pixels (MAX_PIXELS, 64
+megapixels: a decompression bomb) is refused before it is decoded. A string that is no such
+image, or a truncated one (a JPEG whose last scan has no end marker, a
 PNG without its IEND chunk, a GIF without its trailer), fails naming its index in the batch.
 Not done in the graph: formats other than these five (TIFF: `fastres-serve` decodes it with
 the loader's code before the model), and the orientation of a PNG's or WebP's EXIF.
 """
 
 import tensorflow as tf
+
+from keras_fastres.data.decoding import MAX_PIXELS
 
 MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n", "GIF": b"GIF8", "BMP": b"BM",
          "WEBP": b"RIFF"}
@@ -141,6 +145,41 @@ def _whole_riff(data, length):
             & (declared + 8 <= tf.cast(length, tf.int64)))
 
 
+def declared_pixels(data):
+    """The pixel count (int64) an image file's header declares, read before decoding: a JPEG's
+    frame, a PNG's IHDR, a GIF's screen, a BMP's header, a WebP's VP8X, VP8 or VP8L header; 0
+    for anything else."""
+    read, _ = _byte_reader(data)
+
+    def number(at, width, little=True):
+        return sum(read(tf.constant(at + k, tf.int64)) * 256 ** (k if little else width - 1 - k)
+                   for k in range(width))
+
+    def bmp():
+        rows = number(22, 4)
+        return number(18, 4) * tf.where(rows >= 2 ** 31, 2 ** 32 - rows, rows)  # top-down: < 0
+
+    def webp():
+        chunk, bits = tf.strings.substr(data, 12, 4), number(21, 4)
+        return tf.case([
+            (tf.equal(chunk, b"VP8X"), lambda: (number(24, 3) + 1) * (number(27, 3) + 1)),
+            (tf.equal(chunk, b"VP8 "),
+             lambda: tf.bitwise.bitwise_and(number(26, 2), 0x3FFF)
+             * tf.bitwise.bitwise_and(number(28, 2), 0x3FFF)),
+            (tf.equal(chunk, b"VP8L"),
+             lambda: (tf.bitwise.bitwise_and(bits, 0x3FFF) + 1)
+             * (tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 14), 0x3FFF) + 1))],
+            default=lambda: tf.constant(0, tf.int64))
+    return tf.case([
+        (_starts_with(data, MAGIC["JPEG"]),
+         lambda: tf.reduce_prod(tf.io.extract_jpeg_shape(data, tf.int64)[:2])),
+        (_starts_with(data, MAGIC["PNG"]), lambda: number(16, 4, False) * number(20, 4, False)),
+        (_starts_with(data, MAGIC["GIF"]), lambda: number(6, 2) * number(8, 2)),
+        (_starts_with(data, MAGIC["BMP"]), bmp),
+        (_starts_with(data, MAGIC["WEBP"]), webp)],
+        default=lambda: tf.constant(0, tf.int64))
+
+
 def decode_one(data, index, height, width, resize):
     """uint8 [height, width, 3] of one encoded image `data` (a scalar string), or an error
     naming `index` when it is not one of the four formats, or is a truncated one."""
@@ -153,6 +192,11 @@ def decode_one(data, index, height, width, resize):
             "image_bytes[{}] is a truncated or damaged image file (it does not end as its "
             "format requires)", index)])
     with tf.control_dependencies([check, whole]):
+        pixels = declared_pixels(data)
+        bounded = tf.debugging.Assert(pixels <= MAX_PIXELS, [tf.strings.format(
+            "image_bytes[{}] declares {} pixels, more than the limit of " + f"{MAX_PIXELS:,}"
+            + " (8192x8192)", (index, pixels))])
+    with tf.control_dependencies([check, whole, bounded]):
         jpeg = _starts_with(data, MAGIC["JPEG"])
         orientation = tf.cond(jpeg, lambda: exif_orientation(data),
                               lambda: tf.constant(1, tf.int64))

@@ -102,9 +102,10 @@ def model_class():
         base is looked at again, and a newer complete version is loaded and then served; a
         version that cannot be loaded is logged in one line and the one served stays."""
 
-        def __init__(self, name, export_dir, poll=None, max_batch=1, batch_wait=0.0):
+        def __init__(self, name, export_dir, poll=None, max_batch=1, batch_wait=0.0,
+                     max_instances=MAX_INSTANCES):
             super().__init__(name)
-            self.export_dir, self.poll = export_dir, poll
+            self.export_dir, self.poll, self.max_instances = export_dir, poll, max_instances
             self.max_batch, self.batch_wait = max_batch, batch_wait
             self.served: Served | None = None  # until load()
             self._stop = threading.Event()
@@ -231,13 +232,16 @@ def model_class():
             if isinstance(payload, (bytes, str)):  # a body sent without a JSON content type
                 try:                               # (curl -d): TF Serving reads it as JSON too
                     payload = json.loads(payload)
-                except ValueError:
-                    raise invalid("the request is not JSON") from None
+                except (ValueError, RecursionError):  # nested past Python's recursion limit
+                    raise invalid("the request is not JSON, or is nested too deep") from None
             if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
                 raise invalid('the request must be JSON {"instances": [...]}')
             instances = payload["instances"]
             if not instances:
                 raise invalid("no instances in the request")
+            if len(instances) > self.max_instances:
+                raise invalid(f"{len(instances):,} instances in one request, more than "
+                              f"{self.max_instances:,} (--max-instances): send them in parts")
             encoded = [isinstance(item, dict) and set(item) == {"b64"} for item in instances]
             name = payload.get("signature_name") or (
                 "serving_bytes" if all(encoded) else "serving_default")
@@ -322,6 +326,53 @@ def _freeze_loaded_objects():
     gc.freeze()
 
 
+class BodyLimit:
+    """ASGI middleware: a request body larger than `limit` bytes is answered 413 with one line,
+    before it is read when its Content-Length says so (nothing of it held), else as soon as
+    what arrived passes the limit (at most `limit` bytes held)."""
+
+    def __init__(self, app, limit):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                return await self._refuse(send)
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0  # a chunked body: read here up to the limit, then passed on
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._refuse(send)
+            if not message.get("more_body"):
+                break
+        whole: bytes | None = b"".join(chunks)
+
+        async def replay():
+            nonlocal whole
+            if whole is None:  # read: what comes next (a disconnect)
+                return await receive()
+            message, whole = {"type": "http.request", "body": whole, "more_body": False}, None
+            return message
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send):
+        answer = json.dumps({"error": f"the request body is larger than "
+                                      f"{self.limit / 2 ** 20:g} MB (--max-request-mb)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(answer)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": answer})
+
+
 class AccessLog:
     """ASGI middleware: one line per request, `METHOD PATH STATUS MILLISECONDS ms`, in place of
     KServe's timing middleware, which reads the process's CPU time (getrusage over TensorFlow's
@@ -359,19 +410,23 @@ GRACE = 30  # seconds: Kubernetes' default termination grace period
 
 
 POLL = 2  # seconds between looks at the base for a new version
+MAX_REQUEST_MB = 64  # a request body's limit: 2,000 phone photos' thumbnails, or 500 1 MB JPEGs
+MAX_INSTANCES = 10_000  # images in one request
 MAX_BATCH = 64  # images in one shared model call
 BATCH_WAIT = 0.0  # seconds a request finding no call running waits for others to join it
 
 
 def serve(export_dir, port=8501, model_name=None, grace=GRACE, poll=POLL, host="0.0.0.0",
-          max_batch=MAX_BATCH, batch_wait=BATCH_WAIT):
+          max_batch=MAX_BATCH, batch_wait=BATCH_WAIT, max_request_mb=MAX_REQUEST_MB,
+          max_instances=MAX_INSTANCES):
     """Serves the model of `export_dir` (its newest version, and each newer one that appears
     complete in it, looked for every `poll` seconds) on `host`:`port` until SIGTERM or Ctrl-C,
     then finishes the requests in flight for up to `grace` seconds; returns the signal that
     stopped it. Concurrent requests to a SavedModel share one call of up to `max_batch` images,
-    gathered for `batch_wait` seconds (`max_batch` 1: each request its own call)."""
+    gathered for `batch_wait` seconds (`max_batch` 1: each request its own call). A body over
+    `max_request_mb` is refused with 413, more than `max_instances` images with 400."""
     kserve = _kserve()
-    model = model_class()(model_name, export_dir, poll, max_batch, batch_wait)
+    model = model_class()(model_name, export_dir, poll, max_batch, batch_wait, max_instances)
     model.load()
     _freeze_loaded_objects()
     server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1,
@@ -395,7 +450,9 @@ def serve(export_dir, port=8501, model_name=None, grace=GRACE, poll=POLL, host="
 
     def register_and_bind():
         server._rest_server.config.host = host
-        server._rest_server._add_middlewares = lambda app: app.add_middleware(AccessLog)
+        server._rest_server._add_middlewares = lambda app: (
+            app.add_middleware(BodyLimit, limit=int(max_request_mb * 2 ** 20)),
+            app.add_middleware(AccessLog))  # added last: the outermost, it logs the 413s too
         register()
     server.register_signal_handler = register_and_bind
     server.start([model])
