@@ -277,7 +277,7 @@ def test_a_report_whose_json_name_ends_in_md_is_refused(tmp_path, capsys):
 
 
 def test_each_benchmark_is_a_subcommand_and_the_old_flags_still_select_it(capsys):
-    from keras_fastres.commands.benchmark import SUBCOMMANDS, parser, with_subcommand
+    from keras_fastres.commands.benchmark import SUBCOMMANDS, build_parser, with_subcommand
     assert with_subcommand([]) == ["train"]
     assert with_subcommand(["--depths", "8"]) == ["train", "--depths", "8"]
     for name in SUBCOMMANDS:
@@ -295,9 +295,9 @@ def test_each_benchmark_is_a_subcommand_and_the_old_flags_still_select_it(capsys
         assert capsys.readouterr().err == (
             f"warning: {flag} is deprecated and goes in 0.5; use 'fastres-benchmark "
             f"{expected[0]}{' DIR' if expected[0] == 'loader' else ''}'\n")
-    args = parser().parse_args(["inference"])  # each subcommand has its own defaults
+    args = build_parser().parse_args(["inference"])  # each subcommand has its own defaults
     assert (args.depths, args.variants) == ([110], ["preact", "type1"])
-    args = parser().parse_args(["train"])
+    args = build_parser().parse_args(["train"])
     assert (args.depths, args.variants) == ([20, 56, 110], ["preact", "type1", "type2", "v1"])
     with pytest.raises(SystemExit):  # an option of another benchmark is refused
-        parser().parse_args(["pipeline", "--steps", "3"])
+        build_parser().parse_args(["pipeline", "--steps", "3"])

@@ -1,18 +1,14 @@
 """TrainConfig is the one source of the training settings: the command line, the checks and the
-experiment a resume may not change all follow from its fields, and the README documents every
-option."""
+experiment a resume may not change all follow from its fields (docs/cli.md, generated from the
+parser, documents every option: tests/test_docs.py)."""
 
 import dataclasses
-import re
-from pathlib import Path
 
 import pytest
 
 from keras_fastres.commands.train import build_parser, options, parse_args
 from keras_fastres.training.config import TrainConfig, check_config, experiment_fields, setting
 from keras_fastres.training.run import experiment
-
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def option_strings(parser):
@@ -28,13 +24,6 @@ def test_every_option_is_a_setting_and_every_setting_but_three_is_an_option():
     assert names == settings - {"--momentum", "--weight-decay", "--verbose"} | {
         "--synthetic", "--compare"}
     assert "--dataset" not in option_strings(build_parser(TrainConfig()))  # the recipes' own
-
-
-def test_the_readme_documents_every_option_and_no_other():
-    rows = [line for line in README.read_text().splitlines() if line.startswith("| `--")]
-    documented = {name for row in rows
-                  for name in re.findall(r"`(--[a-z0-9-]+)", row.split("|")[1])}
-    assert documented == option_strings(build_parser(TrainConfig(), choose_dataset=True))
 
 
 def test_no_options_give_the_recipes_own_settings():

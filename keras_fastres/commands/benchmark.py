@@ -78,7 +78,7 @@ def with_subcommand(argv):
     return ["train", *argv]
 
 
-def parser():
+def build_parser():
     """The argument parser: one subcommand per benchmark, each with only its options."""
     top = argparse.ArgumentParser(
         prog=program("keras_fastres.commands.benchmark"), formatter_class=HelpFormatter,
@@ -173,7 +173,7 @@ def parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = parser()
+    commands = build_parser()
     args = commands.parse_args(with_subcommand(argv))
     tf.get_logger().setLevel("ERROR")  # one traced train function per model is expected
     if args.subcommand == "report" and args.json and Path(args.json).suffix == ".md":

@@ -23,7 +23,8 @@ def default_output(model, data):
     return model.parent / f"evaluation-{model.name}"
 
 
-def main(argv=None):
+def build_parser():
+    """The command's argument parser (its --help, and the CLI reference)."""
     parser = argparse.ArgumentParser(prog=program("keras_fastres.commands.evaluate"),
                                      formatter_class=HelpFormatter, description=DESCRIPTION)
     parser.add_argument("model", metavar="MODEL",
@@ -43,6 +44,11 @@ def main(argv=None):
                         help="print the numbers as JSON (metrics.json's keys) instead of text")
     parser.add_argument("--batch-size", type=positive_integer, default=256,
                         help="images prepared and classified at a time")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.data is None and not (Path(args.model) / "metrics.json").is_file():
         parser.error(f"give DATA: {args.model} is not a training run, whose test split would "

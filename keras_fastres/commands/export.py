@@ -19,7 +19,8 @@ from keras_fastres.utils.console import HelpFormatter, positive_integer, program
 from keras_fastres.utils.machine import require_tensorflow_backend
 
 
-def main(argv=None):
+def build_parser():
+    """The command's argument parser (its --help, and the CLI reference)."""
     parser = argparse.ArgumentParser(
         prog=program("keras_fastres.commands.export"), formatter_class=HelpFormatter,
         description="Export a trained FastResNet for serving: a SavedModel (TF Serving), an "
@@ -51,6 +52,11 @@ def main(argv=None):
                         help="keep every BatchNorm (default: fold those that follow a "
                              "convolution into it; always folded with --format litert or "
                              "--quantize)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.quantize and args.format == "saved_model":
         parser.error("--quantize is for --format onnx or litert")

@@ -9,7 +9,8 @@ from keras_fastres.serving.predict import predict
 from keras_fastres.utils.console import HelpFormatter, positive_integer, program, quiet_converters
 
 
-def main(argv=None):
+def build_parser():
+    """The command's argument parser (its --help, and the CLI reference)."""
     parser = argparse.ArgumentParser(prog=program("keras_fastres.commands.predict"),
                                      formatter_class=HelpFormatter,
                                      description="Top classes of image files.")
@@ -21,6 +22,11 @@ def main(argv=None):
                                                   "any size")
     parser.add_argument("--top", type=positive_integer, default=3,
                         help="how many classes to print per image")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     def show_predictions():

@@ -19,7 +19,8 @@ from keras_fastres.utils.console import (
 DEFAULT_PORT = 8501  # TF Serving's REST port
 
 
-def main(argv=None):
+def build_parser():
+    """The command's argument parser (its --help, and the CLI reference)."""
     parser = argparse.ArgumentParser(
         prog=program("keras_fastres.commands.serve"), formatter_class=HelpFormatter,
         description="Serve an exported model (its newest version: SavedModel, ONNX float or "
@@ -55,6 +56,11 @@ def main(argv=None):
                         metavar="IMAGES", help="a request with more images is refused with 400")
     parser.add_argument("--model-name", default=None,
                         help="the NAME in the URLs (default: the export folder's name)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.port > 65535:
         parser.error(f"--port must be 1 to 65535, got {args.port}")
