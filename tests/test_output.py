@@ -4,6 +4,7 @@ the one error line, and one exit status per kind of error."""
 import logging
 import re
 import signal
+import time
 import warnings
 
 import pytest
@@ -117,3 +118,42 @@ def test_sigterm_passes_through_code_that_catches_every_exception(capsys):
             raise TypeError(f"Binding inputs to tf.function failed due to `{error}`") from None
     assert run_command(careless, stopped_hint="Run it again.") == 143
     assert capsys.readouterr().err == "\nTerminated (SIGTERM). Run it again.\n"
+
+
+def test_a_stop_replaced_by_a_context_managers_error_or_lost_in_a_callback_still_stops(capsys):
+    """What the 30-moment test of test_run.py found, each made to happen here: a SIGTERM raised
+    inside a context manager whose exit then fails (TensorFlow's graph building asserts its
+    stack), and one raised in a weakref callback, where Python ignores exceptions."""
+    import contextlib
+    import gc
+    import os
+    import weakref
+
+    @contextlib.contextmanager
+    def strict_stack():
+        try:
+            yield
+        finally:  # its bookkeeping undone by the stop: the exit's own error replaces it
+            raise AssertionError("self._control_dependencies_stack[-1] is controller")
+
+    def building():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(strict_stack())
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert run_command(building, stopped_hint="Run it again.") == 143
+    assert capsys.readouterr().err.strip() == "Terminated (SIGTERM). Run it again."
+
+    class Thing:
+        pass
+
+    def callback_then_work():
+        thing = Thing()
+        watch = weakref.ref(thing, lambda ref: os.kill(os.getpid(), signal.SIGTERM))  # noqa: F841
+        del thing  # the callback runs, its Terminated is ignored, then sent again
+        gc.collect()
+        for _ in range(1000):  # the work the stop must reach
+            time.sleep(0.01)
+        raise AssertionError("the stop was lost")
+    assert run_command(callback_then_work, stopped_hint="Run it again.") == 143
+    err = capsys.readouterr().err
+    assert err.strip() == "Terminated (SIGTERM). Run it again." and "Traceback" not in err
