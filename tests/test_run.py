@@ -258,6 +258,7 @@ def test_the_lock_admits_one_process_however_they_race(tmp_path):
         assert not folder.exists(), sorted(p.name for p in folder.iterdir())  # the last holder removed it
 
 
+@pytest.mark.first
 def test_sigterm_at_thirty_moments_of_a_runs_life_stops_it_and_the_run_continues(tmp_path):
     """SIGTERM at 30 points spread over a 3-epoch run's whole life, counted in Python calls
     (tests/stop_anywhere.py, in a process of its own): every stop says the README's line and
