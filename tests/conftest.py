@@ -90,6 +90,28 @@ def free_ports(count):
     return ports
 
 
+def serving_bytes_without_keras(saved_model, files):
+    """A process, started, where Keras and this package cannot be imported, that sends the bytes
+    of `files` to the SavedModel's serving_bytes signature (as TF Serving would) and prints the
+    class names it answers on one line (`.communicate()` them). The process is what is tested:
+    the export must stand on TensorFlow alone."""
+    import subprocess
+    import sys
+    script = f"""
+import sys
+for blocked in ("keras", "keras_fastres"):
+    sys.modules[blocked] = None
+import tensorflow as tf
+serve = tf.saved_model.load({str(saved_model)!r}).signatures["serving_bytes"]
+files = {[str(path) for path in files]!r}
+out = serve(image_bytes=tf.constant([open(path, "rb").read() for path in files]))
+print(" ".join(name.decode() for name in out["class_name"].numpy()))
+"""
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
+
+
 def wait_for_backup(run_dir, process, generations=1, timeout=300):
     """Waits until the run in `run_dir` has backed up `generations` finished epochs (at most the
     two it keeps), or `process` ended."""

@@ -19,7 +19,7 @@ import pytest
 
 from keras_fastres.serving.predict import predict
 
-from conftest import free_ports
+from conftest import free_ports, serving_bytes_without_keras
 
 
 def call(url, body=None, timeout=60):
@@ -254,19 +254,7 @@ def test_every_way_in_answers_predicts_class_for_every_photo(digits_run, tmp_pat
                "litert": tmp_path / "litert", "keras": run}
     files = parity_photos(root, tmp_path / "photos")
     in_graph = [path for path in files if path.suffix != ".tif"]
-    script = f"""
-import sys
-for blocked in ("keras", "keras_fastres"):
-    sys.modules[blocked] = None
-import tensorflow as tf
-serve = tf.saved_model.load({str(run / "export" / "1")!r}).signatures["serving_bytes"]
-files = {[str(path) for path in in_graph]!r}
-out = serve(image_bytes=tf.constant([open(path, "rb").read() for path in files]))
-print(" ".join(name.decode() for name in out["class_name"].numpy()))
-"""
-    without_keras = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True,
-                                     env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
+    without_keras = serving_bytes_without_keras(run / "export" / "1", in_graph)
     expected = {name: [ranked[0][0] for _, ranked in predict(export, files, top=1)]
                 for name, export in exports.items()}
     assert all(classes == expected["keras"] for classes in expected.values()), expected

@@ -1,9 +1,6 @@
 """The SavedModel's serving_bytes signature: encoded image files in, decoded and resized in the
 graph as the training loader does with Pillow, the classes fastres-predict gives out."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +8,8 @@ from PIL import Image
 
 from keras_fastres.data.decoding import decode_image
 from keras_fastres.serving.decode import decode_batch
+
+from conftest import serving_bytes_without_keras
 
 
 def photos(folder, count=30):
@@ -76,20 +75,10 @@ def test_serving_bytes_gives_predicts_classes_without_keras_or_this_package(digi
             image.save(path)
         files.append(path)
     expected = [classes[0][0] for _, classes in predict(run / "export", files, top=1)]
-    script = f"""
-import sys
-for blocked in ("keras", "keras_fastres"):
-    sys.modules[blocked] = None
-import tensorflow as tf
-serve = tf.saved_model.load({str(run / "export" / "1")!r}).signatures["serving_bytes"]
-files = {[str(path) for path in files]!r}
-out = serve(image_bytes=tf.constant([open(path, "rb").read() for path in files]))
-print(" ".join(name.decode() for name in out["class_name"].numpy()))
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=180, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    served = done.stdout.split()
+    process = serving_bytes_without_keras(run / "export" / "1", files)
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err[-2000:]
+    served = out.split()
     assert len(served) == 30
     assert sum(a == b for a, b in zip(served, expected)) >= 29, (served, expected)
 
